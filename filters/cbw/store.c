@@ -1,0 +1,367 @@
+/* nbdkit-fleece: cbw filter, the fleece store.
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * The fleece store holds the point-in-time copies of clusters that
+ * writers have since changed.  It is addressed like the live disk: a
+ * cluster at offset X of the disk is kept at offset X of the store,
+ * so the store needs no index of its own and a sparse qcow2 of the
+ * disk's size costs only what is preserved.
+ *
+ * By default cbw creates that qcow2 (cbw-image=FILE, or a new file in
+ * $TMPDIR) and serves it with a qemu-nbd child started by libnbd via
+ * systemd socket activation:
+ *
+ *   qemu-nbd -f qcow2 --discard=unmap --detect-zeroes=unmap
+ *            --cache=unsafe FILE
+ *
+ * --discard=unmap makes our TRIMs free space in the file;
+ * --detect-zeroes=unmap stores zero clusters without data;
+ * --cache=unsafe because the store is scratch space: it is worthless
+ * after a crash (the snapshot is gone), so flushing it buys nothing.
+ *
+ * qemu-nbd locks the image, so there is exactly one connection, shared
+ * by all threads (common/nbdconn.c).  qemu-nbd exits when that
+ * connection closes, including when nbdkit dies.
+ *
+ * Files: cbw never overwrites a file it did not create.  The name is
+ * reserved with O_CREAT|O_EXCL before nbdkit forks, and only a file we
+ * created is removed at exit (unless cbw-keep-image=true).
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <libnbd.h>
+#include <nbdkit-filter.h>
+
+#include "nbdconn.h"
+#include "rounding.h"
+#include "store.h"
+
+extern char **environ;
+
+/* Parameters. */
+static char *image;                     /* cbw-image, absolute */
+static const char *store_uri;           /* cbw-store */
+static bool keep_image;                 /* cbw-keep-image */
+static const char *qemu_nbd = "qemu-nbd"; /* cbw-qemu-nbd */
+static const char *qemu_img = "qemu-img"; /* cbw-qemu-img */
+
+/* True once we created the image file, so it is ours to remove. */
+static bool created_image;
+
+/* The connection to the store, from store_open on. */
+static struct nbdconn *conn;
+
+int
+store_config (const char *key, const char *value)
+{
+  int r;
+
+  if (strcmp (key, "cbw-image") == 0) {
+    free (image);
+    image = nbdkit_absolute_path (value);
+    if (image == NULL)
+      return -1;
+    return 1;
+  }
+  if (strcmp (key, "cbw-store") == 0) {
+    store_uri = value;
+    return 1;
+  }
+  if (strcmp (key, "cbw-keep-image") == 0) {
+    r = nbdkit_parse_bool (value);
+    if (r == -1)
+      return -1;
+    keep_image = r;
+    return 1;
+  }
+  if (strcmp (key, "cbw-qemu-nbd") == 0) {
+    qemu_nbd = value;
+    return 1;
+  }
+  if (strcmp (key, "cbw-qemu-img") == 0) {
+    qemu_img = value;
+    return 1;
+  }
+  return 0;
+}
+
+int
+store_config_complete (void)
+{
+  struct stat st;
+
+  if (image && store_uri) {
+    nbdkit_error ("cbw: cbw-image and cbw-store cannot be used together");
+    return -1;
+  }
+  if (store_uri && keep_image) {
+    nbdkit_error ("cbw: cbw-keep-image applies to cbw-image, "
+                  "not to cbw-store");
+    return -1;
+  }
+  if (image && lstat (image, &st) == 0) {
+    nbdkit_error ("cbw: cbw-image=%s already exists; cbw never "
+                  "overwrites a file it did not create: remove it "
+                  "or name a new file", image);
+    return -1;
+  }
+  return 0;
+}
+
+/* Is PROG runnable: a path to an executable, or a name on $PATH? */
+static bool
+program_exists (const char *prog)
+{
+  const char *path, *p, *end;
+  char buf[4096];
+
+  if (strchr (prog, '/'))
+    return access (prog, X_OK) == 0;
+  path = getenv ("PATH");
+  if (path == NULL)
+    path = "/usr/bin:/bin";
+  for (p = path; *p; p = *end ? end + 1 : end) {
+    end = strchrnul (p, ':');
+    if (snprintf (buf, sizeof buf, "%.*s/%s",
+                  (int) (end - p), p, prog) < (int) sizeof buf &&
+        access (buf, X_OK) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* Remove the image we created, unless it is to be kept.  Runs from
+ * store_close, and at exit for the paths where nbdkit exits without
+ * unloading filters (e.g. a failure after .get_ready).
+ */
+static void
+remove_image (void)
+{
+  if (created_image && !keep_image) {
+    if (unlink (image) == -1 && errno != ENOENT)
+      nbdkit_debug ("cbw: cannot remove %s: %m", image);
+  }
+  created_image = false;
+}
+
+int
+store_get_ready (void)
+{
+  int fd;
+
+  if (store_uri)
+    return 0;
+
+  if (!program_exists (qemu_nbd)) {
+    nbdkit_error ("cbw: %s not found: the fleece image is served by "
+                  "qemu-nbd (Debian package qemu-utils); install it or "
+                  "set cbw-qemu-nbd=PATH", qemu_nbd);
+    return -1;
+  }
+  if (!program_exists (qemu_img)) {
+    nbdkit_error ("cbw: %s not found: the fleece image is created by "
+                  "qemu-img (Debian package qemu-utils); install it or "
+                  "set cbw-qemu-img=PATH", qemu_img);
+    return -1;
+  }
+
+  if (image) {
+    fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd == -1) {
+      if (errno == EEXIST)
+        nbdkit_error ("cbw: cbw-image=%s already exists; cbw never "
+                      "overwrites a file it did not create", image);
+      else
+        nbdkit_error ("cbw: cannot create cbw-image=%s: %m", image);
+      return -1;
+    }
+  }
+  else {
+    const char *tmpdir = getenv ("TMPDIR") ?: "/var/tmp";
+
+    if (asprintf (&image, "%s/nbdkit-cbw-XXXXXX.qcow2", tmpdir) == -1) {
+      nbdkit_error ("asprintf: %m");
+      return -1;
+    }
+    fd = mkostemps (image, strlen (".qcow2"), O_CLOEXEC);
+    if (fd == -1) {
+      nbdkit_error ("cbw: cannot create a fleece image in %s: %m "
+                    "(set TMPDIR or cbw-image=FILE)", tmpdir);
+      return -1;
+    }
+  }
+  close (fd);
+  created_image = true;
+  atexit (remove_image);
+  nbdkit_debug ("cbw: fleece image %s", image);
+  return 0;
+}
+
+/* Run ARGV, wait for it, and fail unless it exits with 0. */
+static int
+run_command (char **argv)
+{
+  pid_t pid;
+  int r, status;
+
+  r = posix_spawnp (&pid, argv[0], NULL, NULL, argv, environ);
+  if (r != 0) {
+    errno = r;
+    nbdkit_error ("cbw: cannot run %s: %m", argv[0]);
+    return -1;
+  }
+  while (waitpid (pid, &status, 0) == -1) {
+    if (errno != EINTR) {
+      nbdkit_error ("cbw: waitpid: %m");
+      return -1;
+    }
+  }
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
+    nbdkit_error ("cbw: %s failed (status 0x%x)", argv[0], status);
+    return -1;
+  }
+  return 0;
+}
+
+int
+store_open (uint64_t size, uint32_t cluster_size)
+{
+  int64_t store_size;
+
+  conn = nbdconn_new ("cbw: fleece store");
+  if (conn == NULL)
+    return -1;
+
+  if (store_uri) {
+    if (nbdconn_connect_uri (conn, store_uri) == -1)
+      return -1;
+  }
+  else {
+    char opts[64], sizestr[32];
+    /* qcow2 clusters are 512 bytes to 2 MiB.  Matching our cluster
+     * size lets a TRIM of one cluster free its space.
+     */
+    uint32_t qcow2_cluster = MIN (MAX (cluster_size, 512u), 2u << 20);
+    char *img_argv[] = { (char *) qemu_img, "create", "-q", "-f", "qcow2",
+                         "-o", opts, image, sizestr, NULL };
+    char *nbd_argv[] = { (char *) qemu_nbd, "-f", "qcow2",
+                         "--discard=unmap", "--detect-zeroes=unmap",
+                         "--cache=unsafe", image, NULL };
+
+    snprintf (opts, sizeof opts, "cluster_size=%" PRIu32, qcow2_cluster);
+    snprintf (sizestr, sizeof sizestr, "%" PRIu64, size);
+    if (run_command (img_argv) == -1)
+      return -1;
+    if (nbdconn_connect_argv (conn, nbd_argv) == -1)
+      return -1;
+  }
+
+  store_size = nbd_get_size (nbdconn_handle (conn));
+  if (store_size == -1) {
+    nbdkit_error ("cbw: fleece store: cannot get size: %s",
+                  nbd_get_error ());
+    return -1;
+  }
+  if ((uint64_t) store_size < size) {
+    nbdkit_error ("cbw: fleece store is %" PRIi64 " bytes, smaller than "
+                  "the live disk (%" PRIu64 " bytes)", store_size, size);
+    return -1;
+  }
+  if (nbd_is_read_only (nbdconn_handle (conn)) == 1) {
+    nbdkit_error ("cbw: fleece store is read-only");
+    return -1;
+  }
+  if (nbd_can_trim (nbdconn_handle (conn)) != 1)
+    nbdkit_debug ("cbw: fleece store cannot trim: released clusters "
+                  "will not free space");
+
+  return nbdconn_start (conn);
+}
+
+void
+store_close (void)
+{
+  nbdconn_close (conn);
+  conn = NULL;
+  remove_image ();
+}
+
+int
+store_read (void *buf, uint32_t count, uint64_t offset, int *err)
+{
+  return nbdconn_pread (conn, buf, count, offset, 0, err);
+}
+
+int
+store_write_owned (void *buf, uint32_t count, uint64_t offset,
+                   const struct timespec *deadline, int *err)
+{
+  if (deadline)
+    return nbdconn_pwrite_owned_deadline (conn, buf, count, offset, 0,
+                                          deadline, err);
+  else {
+    int r = nbdconn_pwrite (conn, buf, count, offset, 0, err);
+    free (buf);
+    return r;
+  }
+}
+
+int
+store_trim (uint64_t count, uint64_t offset, int *err)
+{
+  /* NBD requests are at most 4 GiB - 1; 1 GiB pieces keep
+   * alignment.
+   */
+  const uint64_t piece = UINT64_C (1) << 30;
+
+  if (nbd_can_trim (nbdconn_handle (conn)) != 1)
+    return 0;
+  while (count > 0) {
+    uint32_t n = MIN (count, piece);
+
+    if (nbdconn_trim (conn, n, offset, 0, err) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+int
+store_extents (uint32_t count, uint64_t offset,
+               struct nbdkit_extents *extents, int *err)
+{
+  return nbdconn_extents (conn, count, offset, 0, extents, err);
+}
+
+int
+store_wipe (int *err)
+{
+  int64_t size = nbd_get_size (nbdconn_handle (conn));
+
+  nbdconn_wait_idle (conn);
+  return store_trim (size, 0, err);
+}
+
+int64_t
+store_allocated_bytes (void)
+{
+  struct stat st;
+
+  if (image == NULL || stat (image, &st) == -1)
+    return -1;
+  return (int64_t) st.st_blocks * 512;
+}
