@@ -1,0 +1,1117 @@
+/* nbdkit-fleece: the ramcache engine, a bounded write-back RAM tier.
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * HOW IT WORKS
+ *
+ * The disk below is cut into blocks of block_size bytes (the last
+ * one may be short).  The tier holds at most max_blocks of them in
+ * RAM, each in a buffer of its own, found through a hash table keyed
+ * by block number.  A block that is not in the table is "absent": its
+ * newest data is below.  A held block is in one of five states:
+ *
+ *   state       RAM data             below             list    writable
+ *   ----------  -------------------  ----------------  ------  --------
+ *   FILLING     being read from      older or same     none    wait
+ *               below (no data yet)
+ *   DIRTY       newest               older             dirty   yes
+ *   WRITING     newest, a copy of    being written     none    yes, ->
+ *               it is being written  from the copy             REDIRTIED
+ *   REDIRTIED   newest               being written     none    yes
+ *                                    (an older copy)
+ *   CLEAN       newest               same              clean   yes, ->
+ *                                                              DIRTY
+ *
+ * Transitions (all under the lock):
+ *
+ *   absent    --write whole block------------------------> DIRTY
+ *   absent    --write part of a block--> FILLING --read--> DIRTY
+ *                                           \--read fails--> absent
+ *   DIRTY     --writer picks it (copy to its buffer)-----> WRITING
+ *   WRITING   --written below----------------------------> CLEAN
+ *   WRITING   --write/zero------------------------------> REDIRTIED
+ *   REDIRTIED --written below (old copy)-----------------> DIRTY
+ *   WRITING, REDIRTIED --write below fails---------------> DIRTY
+ *   CLEAN     --write/zero-------------------------------> DIRTY
+ *   CLEAN     --evicted to make room---------------------> absent
+ *   DIRTY, CLEAN --trim covering the whole block---------> absent
+ *
+ * Readers copy out of any held block except a FILLING one (they wait
+ * for it) and read absent blocks from below.  There is no read
+ * caching: only writes bring blocks in.
+ *
+ * Because the writers always write from a private copy (their own
+ * buffer, filled under the lock), nobody ever modifies a buffer while
+ * it is being written below, and a block re-dirtied during its
+ * write-back simply goes back to DIRTY when that write-back ends, to
+ * be written again.  A block in WRITING or REDIRTIED is never on the
+ * dirty list, so two write-backs of one block are never in flight
+ * together: writes below of one block land in order.  A block leaves
+ * RAM only when CLEAN (eviction) or by trim, and trim waits for any
+ * write-back of the blocks it drops: so whenever a block is absent,
+ * below holds its newest data, and a reader that finds it absent may
+ * read below without further locking.
+ *
+ * Order and flush.  Each transition into DIRTY or REDIRTIED takes a
+ * new sequence number, and the dirty list is kept in sequence order
+ * (almost always by appending), so its head is the oldest dirty data:
+ * that is what the writers take first, extended to the adjacent dirty
+ * blocks on both sides so that one write below covers up to
+ * wb_max_blocks blocks.  A flush notes the last sequence number
+ * handed out and waits until no dirty block and no write-back in
+ * flight carries a number at or below it.  Writes that complete
+ * later do not delay it.
+ *
+ * When to write back.  The writers start when more than high_water
+ * blocks (7/8 of the tier) are dirty, when somebody waits for room,
+ * or when somebody flushes; data therefore stays in RAM as long as
+ * there is room, which gives a trim the best chance of dropping it
+ * before it ever reaches below (cbw: clusters the backup read and
+ * released while still in RAM).  A write that needs a new block when
+ * the tier is full evicts the least recently used CLEAN block; if
+ * there is none it waits ("writer stall") for the writers.  A failed
+ * write below puts the blocks back on the dirty list, records the
+ * error, and the writers retry after 100 ms; anybody waiting for room
+ * or flushing when a write below fails gets the error, so a dead
+ * store cannot hang requests forever.
+ *
+ * Trim.  A block wholly inside the range is dropped (after waiting
+ * for its write-back, if any); if it never reached below in its
+ * current stay in RAM (on_below false) its bytes count as dropped and
+ * below is not trimmed there, otherwise below is trimmed.  Absent
+ * blocks are trimmed below.  A partial block that is held is left
+ * alone: NBD allows trim to do nothing.
+ *
+ * Memory.  The limit covers: the data buffers (block_size each) and
+ * each block's metadata (struct block, its malloc header and its
+ * share of the hash table, BLOCK_OVERHEAD), the writers' private
+ * buffers (nr_writers x wb_max_blocks blocks, at most 1/16 of the
+ * limit) and struct ramcache.  Thread stacks and the malloc arena's
+ * own slack are not counted.  max_blocks is what remains divided by
+ * the cost of a block, but never less than 1: with a limit of one
+ * block the tier really uses two blocks (one held, one writer
+ * buffer).  Data buffers are recycled through a free list and never
+ * returned to malloc before ramcache_free, so fragmentation cannot
+ * make the footprint grow.
+ */
+
+#include <config.h>
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <pthread.h>
+
+#include <nbdkit-filter.h>
+
+#include "cleanup.h"
+#include "rounding.h"
+
+#include "ramcache-engine.h"
+
+/* Most blocks one write below may cover, in bytes. */
+#define WB_MAX_BYTES (2 * 1024 * 1024)
+
+/* Most background writers. */
+#define MAX_WRITERS 4
+
+/* How long writers wait before retrying after a failed write below. */
+#define RETRY_NSEC (100 * 1000 * 1000)
+
+enum block_state {
+  BLOCK_FILLING,
+  BLOCK_DIRTY,
+  BLOCK_WRITING,
+  BLOCK_REDIRTIED,
+  BLOCK_CLEAN,
+};
+
+/* A block held in RAM.  Every field is protected by rc->lock, except
+ * data while FILLING, which only the filling thread touches.
+ */
+struct block {
+  uint64_t blknum;              /* block number */
+  uint64_t seq;                 /* when it last became (re)dirty */
+  struct block *hnext;          /* hash chain */
+  struct block *prev, *next;    /* dirty or clean list, by state */
+  char *data;                   /* block_size bytes */
+  enum block_state state;
+  bool on_below;                /* written below during this stay */
+};
+
+/* Accounted cost of a block besides its data: the struct, its malloc
+ * header, and up to two hash table slots (the table has between 1 and
+ * 2 slots per block).  The data buffer's malloc header is the last 16.
+ */
+#define BLOCK_OVERHEAD (sizeof (struct block) + 16 + \
+                        2 * sizeof (struct block *) + 16)
+
+/* A doubly linked list of blocks. */
+struct list {
+  struct block *head, *tail;
+  uint64_t n;
+};
+
+/* A background writer, or a slot that a caller uses to write back
+ * inline before ramcache_start.  buf and blocks are allocated once;
+ * the other fields are protected by rc->lock.
+ */
+struct writer {
+  struct ramcache *rc;
+  pthread_t thread;
+  bool thread_running;          /* thread was created */
+  char *buf;                    /* private copy being written below */
+  struct block **blocks;        /* the blocks of the job in flight */
+  uint32_t nr_blocks;           /* 0 when no job in flight */
+  bool busy;                    /* someone is running a job with it */
+  uint64_t minseq;              /* lowest seq in the job in flight */
+};
+
+struct ramcache {
+  /* Set in ramcache_new and never changed. */
+  uint64_t limit;               /* bytes, as given */
+  uint32_t block_size;
+  uint64_t disk_size;
+  uint64_t nr_disk_blocks;      /* blocks covering the disk */
+  struct ramcache_below below;
+  uint64_t max_blocks;          /* blocks the tier may hold */
+  uint64_t high_water;          /* dirty blocks that start writers */
+  uint32_t wb_max_blocks;       /* most blocks in one write below */
+  unsigned nr_writers;
+  uint64_t nbuckets;            /* power of 2 */
+  uint64_t fixed_bytes;         /* accounted fixed cost */
+
+  /* The lock protects everything below it, including every struct
+   * block (see there) and the non-constant fields of the writers.
+   * It is never held across a call below.
+   */
+  pthread_mutex_t lock;
+  /* Broadcast on every change that may let a waiter go on: a block
+   * leaves FILLING, a write-back ends, a buffer is freed.
+   */
+  pthread_cond_t cond;
+  /* Wakes the background writers: dirty data past high_water, a
+   * stall, a flush, ramcache_free.
+   */
+  pthread_cond_t writer_cond;
+
+  struct block **buckets;       /* hash table: nbuckets chains */
+  struct list dirty;            /* DIRTY blocks, by seq (oldest first) */
+  struct list clean;            /* CLEAN blocks, least recently used first */
+  uint64_t nr_blocks;           /* blocks held, any state */
+  uint64_t nr_unclean;          /* DIRTY + WRITING + REDIRTIED */
+  void *free_bufs;              /* free data buffers, linked through
+                                 * their first bytes */
+  uint64_t next_seq;            /* next sequence number, from 1 */
+  unsigned stalled;             /* callers waiting for room */
+  unsigned flushers;            /* callers in ramcache_flush */
+  uint64_t wb_failures;         /* failed writes below, ever */
+  int wb_errno;                 /* errno of the last failure */
+  struct timespec retry_at;     /* no write-back before (after failure) */
+  bool started;                 /* writer threads running */
+  bool stopping;                /* ramcache_free: writers must exit */
+  bool verbose;                 /* extra debug messages */
+  struct writer *writers;       /* nr_writers of them */
+  struct ramcache_stats stats;  /* limit, held, dirty filled on demand */
+};
+
+/* --------------------------------------------------------------
+ * The lock must be held when calling any function below this line.
+ */
+
+static inline uint64_t
+hash_blknum (const struct ramcache *rc, uint64_t blknum)
+{
+  /* Fibonacci hashing: consecutive blocks spread well. */
+  return (blknum * UINT64_C (0x9E3779B97F4A7C15)) >>
+    (64 - __builtin_ctzll (rc->nbuckets)) & (rc->nbuckets - 1);
+}
+
+static struct block *
+lookup (const struct ramcache *rc, uint64_t blknum)
+{
+  struct block *b;
+
+  for (b = rc->buckets[hash_blknum (rc, blknum)]; b; b = b->hnext)
+    if (b->blknum == blknum)
+      return b;
+  return NULL;
+}
+
+static void
+hash_insert (struct ramcache *rc, struct block *b)
+{
+  uint64_t h = hash_blknum (rc, b->blknum);
+
+  assert (lookup (rc, b->blknum) == NULL);
+  b->hnext = rc->buckets[h];
+  rc->buckets[h] = b;
+}
+
+static void
+hash_remove (struct ramcache *rc, struct block *b)
+{
+  struct block **p;
+
+  for (p = &rc->buckets[hash_blknum (rc, b->blknum)]; *p; p = &(*p)->hnext)
+    if (*p == b) {
+      *p = b->hnext;
+      return;
+    }
+  abort ();
+}
+
+static void
+list_append (struct list *l, struct block *b)
+{
+  b->next = NULL;
+  b->prev = l->tail;
+  if (l->tail)
+    l->tail->next = b;
+  else
+    l->head = b;
+  l->tail = b;
+  l->n++;
+}
+
+static void
+list_remove (struct list *l, struct block *b)
+{
+  if (b->prev)
+    b->prev->next = b->next;
+  else
+    l->head = b->next;
+  if (b->next)
+    b->next->prev = b->prev;
+  else
+    l->tail = b->prev;
+  b->prev = b->next = NULL;
+  assert (l->n > 0);
+  l->n--;
+}
+
+/* Insert into the dirty list keeping it sorted by seq.  Walks from
+ * the tail: usually the block is the newest, or nearly.
+ */
+static void
+dirty_insert_sorted (struct ramcache *rc, struct block *b)
+{
+  struct list *l = &rc->dirty;
+  struct block *after = l->tail;
+
+  while (after && after->seq > b->seq)
+    after = after->prev;
+  if (after == l->tail) {
+    list_append (l, b);
+    return;
+  }
+  b->prev = after;
+  b->next = after ? after->next : l->head;
+  b->next->prev = b;
+  if (after)
+    after->next = b;
+  else
+    l->head = b;
+  l->n++;
+}
+
+/* Bytes of block BLKNUM that lie on the disk. */
+static inline uint32_t
+block_len (const struct ramcache *rc, uint64_t blknum)
+{
+  uint64_t start = blknum * rc->block_size;
+
+  assert (start < rc->disk_size);
+  return MIN ((uint64_t) rc->block_size, rc->disk_size - start);
+}
+
+/* Wake the writers if there is a reason to write back. */
+static void
+kick_writers (struct ramcache *rc)
+{
+  if (rc->dirty.n > rc->high_water || rc->stalled || rc->flushers)
+    pthread_cond_broadcast (&rc->writer_cond);
+}
+
+/* Block B (new, FILLING or CLEAN and off every list) becomes DIRTY. */
+static void
+make_dirty (struct ramcache *rc, struct block *b)
+{
+  b->state = BLOCK_DIRTY;
+  b->seq = rc->next_seq++;
+  list_append (&rc->dirty, b);
+  rc->nr_unclean++;
+  kick_writers (rc);
+}
+
+/* Give a data buffer back and forget the block. */
+static void
+release_block (struct ramcache *rc, struct block *b)
+{
+  hash_remove (rc, b);
+  *(void **) b->data = rc->free_bufs;
+  rc->free_bufs = b->data;
+  free (b);
+  assert (rc->nr_blocks > 0);
+  rc->nr_blocks--;
+  pthread_cond_broadcast (&rc->cond);
+}
+
+/* Are the writers waiting after a failed write below? */
+static bool
+in_retry_delay (struct ramcache *rc)
+{
+  struct timespec now;
+
+  if (rc->wb_failures == 0)
+    return false;
+  clock_gettime (CLOCK_REALTIME, &now);
+  return now.tv_sec < rc->retry_at.tv_sec ||
+    (now.tv_sec == rc->retry_at.tv_sec &&
+     now.tv_nsec < rc->retry_at.tv_nsec);
+}
+
+/* Is write-back wanted now? */
+static bool
+want_writeback (struct ramcache *rc)
+{
+  if (rc->dirty.n == 0 || rc->stopping || in_retry_delay (rc))
+    return false;
+  return rc->dirty.n > rc->high_water || rc->stalled || rc->flushers;
+}
+
+/* Write back the oldest dirty block and its dirty neighbours, using
+ * writer W (busy, no job in flight).  Drops the lock around the write
+ * below.  Returns with the lock held.
+ */
+static void
+run_job (struct ramcache *rc, struct writer *w)
+{
+  struct block *first = rc->dirty.head, *b;
+  uint64_t lo, hi, i, offset;
+  uint32_t count = 0;
+  int r, err = 0;
+
+  assert (first && first->state == BLOCK_DIRTY);
+  assert (w->busy && w->nr_blocks == 0);
+
+  /* Claim: extend to adjacent DIRTY blocks, backwards then forwards. */
+  lo = hi = first->blknum;
+  while (hi - lo + 1 < rc->wb_max_blocks && lo > 0 &&
+         (b = lookup (rc, lo - 1)) != NULL && b->state == BLOCK_DIRTY)
+    lo--;
+  while (hi - lo + 1 < rc->wb_max_blocks && hi + 1 < rc->nr_disk_blocks &&
+         (b = lookup (rc, hi + 1)) != NULL && b->state == BLOCK_DIRTY)
+    hi++;
+
+  w->minseq = UINT64_MAX;
+  for (i = lo; i <= hi; ++i) {
+    b = lookup (rc, i);
+    assert (b && b->state == BLOCK_DIRTY);
+    list_remove (&rc->dirty, b);
+    b->state = BLOCK_WRITING;
+    memcpy (w->buf + count, b->data, block_len (rc, i));
+    count += block_len (rc, i);
+    w->minseq = MIN (w->minseq, b->seq);
+    w->blocks[i - lo] = b;
+  }
+  w->nr_blocks = hi - lo + 1;
+  offset = lo * rc->block_size;
+
+  pthread_mutex_unlock (&rc->lock);
+  r = rc->below.pwrite (rc->below.opaque, w->buf, count, offset, &err);
+  pthread_mutex_lock (&rc->lock);
+
+  if (rc->verbose)
+    nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
+                  " (%" PRIu32 " blocks): %s", count, offset, w->nr_blocks,
+                  r == 0 ? "ok" : strerror (err));
+
+  /* Release, or undo on failure. */
+  for (i = 0; i < w->nr_blocks; ++i) {
+    b = w->blocks[i];
+    if (r == 0)
+      b->on_below = true;
+    if (b->state == BLOCK_WRITING && r == 0) {
+      b->state = BLOCK_CLEAN;
+      list_append (&rc->clean, b);
+      rc->nr_unclean--;
+    }
+    else {
+      /* Failed, or newer data arrived meanwhile: write it again. */
+      assert (b->state == BLOCK_WRITING || b->state == BLOCK_REDIRTIED);
+      b->state = BLOCK_DIRTY;
+      dirty_insert_sorted (rc, b);
+    }
+  }
+  w->nr_blocks = 0;
+  if (r == 0)
+    rc->stats.written_below_bytes += count;
+  else {
+    if (err == 0)
+      err = EIO;
+    rc->wb_failures++;
+    rc->wb_errno = err;
+    clock_gettime (CLOCK_REALTIME, &rc->retry_at);
+    rc->retry_at.tv_nsec += RETRY_NSEC;
+    if (rc->retry_at.tv_nsec >= 1000000000) {
+      rc->retry_at.tv_sec++;
+      rc->retry_at.tv_nsec -= 1000000000;
+    }
+    nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
+                  " failed: %s (will retry)", count, offset, strerror (err));
+  }
+  pthread_cond_broadcast (&rc->cond);
+}
+
+/* Before ramcache_start, a caller that must wait for write-back does
+ * it itself.  Returns true if it wrote something (the lock was
+ * dropped), false if it could not (the caller should wait on cond).
+ */
+static bool
+writeback_inline (struct ramcache *rc)
+{
+  unsigned i;
+
+  if (rc->started || rc->dirty.n == 0)
+    return false;
+  for (i = 0; i < rc->nr_writers; ++i) {
+    struct writer *w = &rc->writers[i];
+
+    if (!w->busy) {
+      w->busy = true;
+      run_job (rc, w);
+      w->busy = false;
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Get a data buffer for a new block, making room if needed: evict a
+ * clean block, else wait for the writers.  May drop the lock, so the
+ * caller must look the block up again.  Returns NULL with *err set if
+ * a write below failed meanwhile or malloc failed.
+ */
+static char *
+get_buffer (struct ramcache *rc, int *err)
+{
+  const uint64_t failures = rc->wb_failures;
+  bool stalled = false;
+  char *buf;
+
+  while (rc->nr_blocks >= rc->max_blocks) {
+    if (rc->clean.head) {
+      struct block *b = rc->clean.head;
+
+      list_remove (&rc->clean, b);
+      release_block (rc, b);
+      continue;
+    }
+    if (rc->wb_failures != failures) {
+      if (stalled)
+        rc->stalled--;
+      *err = rc->wb_errno;
+      nbdkit_error ("ramcache: the tier is full and writing below "
+                    "failed: %s", strerror (rc->wb_errno));
+      return NULL;
+    }
+    if (!stalled) {
+      stalled = true;
+      rc->stalled++;
+      rc->stats.writer_stalls++;
+      if (rc->verbose)
+        nbdkit_debug ("ramcache: tier full, waiting for write-back");
+      kick_writers (rc);
+    }
+    if (!writeback_inline (rc))
+      pthread_cond_wait (&rc->cond, &rc->lock);
+  }
+  if (stalled)
+    rc->stalled--;
+
+  if (rc->free_bufs) {
+    buf = rc->free_bufs;
+    rc->free_bufs = *(void **) buf;
+  }
+  else {
+    buf = malloc (rc->block_size);
+    if (buf == NULL) {
+      *err = errno;
+      nbdkit_error ("malloc: %m");
+      return NULL;
+    }
+  }
+  rc->nr_blocks++;
+  return buf;
+}
+
+/* Write COUNT bytes of BUF (zeroes if BUF is NULL) at OFFSET. */
+static int
+write_range (struct ramcache *rc, const char *buf, uint32_t count,
+             uint64_t offset, int *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+
+  while (count > 0) {
+    const uint64_t blknum = offset / rc->block_size;
+    const uint32_t blkoff = offset % rc->block_size; /* within the block */
+    const uint32_t len = block_len (rc, blknum);
+    const uint32_t n = MIN (count, len - blkoff);
+    struct block *b = lookup (rc, blknum);
+
+    if (b == NULL) {
+      char *data = get_buffer (rc, err);
+      int r;
+
+      if (data == NULL)
+        return -1;
+      /* get_buffer may have dropped the lock: look again. */
+      if (lookup (rc, blknum) != NULL) {
+        *(void **) data = rc->free_bufs;
+        rc->free_bufs = data;
+        rc->nr_blocks--;
+        continue;
+      }
+      b = calloc (1, sizeof *b);
+      if (b == NULL) {
+        *err = errno;
+        nbdkit_error ("calloc: %m");
+        *(void **) data = rc->free_bufs;
+        rc->free_bufs = data;
+        rc->nr_blocks--;
+        return -1;
+      }
+      b->blknum = blknum;
+      b->data = data;
+      hash_insert (rc, b);
+      if (blkoff == 0 && n == len)
+        memset (data + len, 0, rc->block_size - len);
+      else {
+        /* Partial block: read the rest from below first. */
+        b->state = BLOCK_FILLING;
+        pthread_mutex_unlock (&rc->lock);
+        r = rc->below.pread (rc->below.opaque, data, len,
+                             blknum * rc->block_size, err);
+        pthread_mutex_lock (&rc->lock);
+        assert (b->state == BLOCK_FILLING);
+        if (r == -1) {
+          release_block (rc, b);
+          return -1;
+        }
+        memset (data + len, 0, rc->block_size - len);
+        pthread_cond_broadcast (&rc->cond);
+      }
+      make_dirty (rc, b);
+    }
+    else {
+      switch (b->state) {
+      case BLOCK_FILLING:
+        pthread_cond_wait (&rc->cond, &rc->lock);
+        continue;
+      case BLOCK_CLEAN:
+        list_remove (&rc->clean, b);
+        make_dirty (rc, b);
+        break;
+      case BLOCK_DIRTY:
+      case BLOCK_REDIRTIED:
+        break;
+      case BLOCK_WRITING:
+        /* The writer has its own copy; this one must be written
+         * again when it is done.
+         */
+        b->state = BLOCK_REDIRTIED;
+        b->seq = rc->next_seq++;
+        break;
+      default:
+        abort ();
+      }
+    }
+
+    if (buf) {
+      memcpy (b->data + blkoff, buf, n);
+      buf += n;
+    }
+    else
+      memset (b->data + blkoff, 0, n);
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+/* Check a request against the disk size. */
+static int
+check_range (struct ramcache *rc, uint32_t count, uint64_t offset, int *err)
+{
+  if (offset > rc->disk_size || count > rc->disk_size - offset) {
+    nbdkit_error ("ramcache: request of %" PRIu32 " bytes at %" PRIu64
+                  " is beyond the end of the disk (%" PRIu64 " bytes)",
+                  count, offset, rc->disk_size);
+    *err = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+/* Background writer thread. */
+static void *
+writer_thread (void *vp)
+{
+  struct writer *w = vp;
+  struct ramcache *rc = w->rc;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+
+  while (!rc->stopping) {
+    if (want_writeback (rc)) {
+      w->busy = true;
+      run_job (rc, w);
+      w->busy = false;
+    }
+    else if (in_retry_delay (rc))
+      /* Look again when the delay ends. */
+      pthread_cond_timedwait (&rc->writer_cond, &rc->lock, &rc->retry_at);
+    else
+      pthread_cond_wait (&rc->writer_cond, &rc->lock);
+  }
+  return NULL;
+}
+
+/* --------------------------------------------------------------
+ * Public functions: they take the lock themselves.
+ */
+
+struct ramcache *
+ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
+              const struct ramcache_below *below)
+{
+  struct ramcache *rc;
+  uint64_t per_block, nominal, wb_bytes;
+  unsigned i;
+
+  if (!is_power_of_2 (block_size) || block_size < 512 ||
+      block_size > (64 << 20)) {
+    nbdkit_error ("ramcache: block size %" PRIu32 " must be a power of 2 "
+                  "between 512 and 64M", block_size);
+    return NULL;
+  }
+  if (below->pread == NULL || below->pwrite == NULL) {
+    nbdkit_error ("ramcache: the store below must have pread and pwrite");
+    return NULL;
+  }
+
+  rc = calloc (1, sizeof *rc);
+  if (rc == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  rc->limit = limit_bytes;
+  rc->block_size = block_size;
+  rc->disk_size = disk_size;
+  rc->nr_disk_blocks = (disk_size + block_size - 1) / block_size;
+  rc->below = *below;
+  rc->next_seq = 1;
+
+  /* Share the limit out (see "Memory" above). */
+  per_block = block_size + BLOCK_OVERHEAD;
+  nominal = limit_bytes / per_block;
+  rc->nr_writers = nominal >= 64 ? MAX_WRITERS : nominal >= 16 ? 2 : 1;
+  rc->wb_max_blocks = nominal / 16 / rc->nr_writers;
+  rc->wb_max_blocks = MIN (rc->wb_max_blocks,
+                           MAX (1u, WB_MAX_BYTES / block_size));
+  rc->wb_max_blocks = MAX (1u, rc->wb_max_blocks);
+  wb_bytes = (uint64_t) rc->wb_max_blocks *
+    (block_size + sizeof (struct block *));
+  rc->fixed_bytes = sizeof *rc +
+    rc->nr_writers * (sizeof (struct writer) + wb_bytes);
+  if (limit_bytes > rc->fixed_bytes)
+    rc->max_blocks = (limit_bytes - rc->fixed_bytes) / per_block;
+  if (rc->max_blocks == 0) {
+    nbdkit_debug ("ramcache: limit %" PRIu64 " is below the cost of one "
+                  "block: holding one block anyway", limit_bytes);
+    rc->max_blocks = 1;
+  }
+  rc->high_water = rc->max_blocks - MAX ((uint64_t) 1, rc->max_blocks / 8);
+  rc->nbuckets = 64;
+  while (rc->nbuckets < rc->max_blocks)
+    rc->nbuckets <<= 1;
+
+  pthread_mutex_init (&rc->lock, NULL);
+  pthread_cond_init (&rc->cond, NULL);
+  pthread_cond_init (&rc->writer_cond, NULL);
+
+  rc->buckets = calloc (rc->nbuckets, sizeof (struct block *));
+  rc->writers = calloc (rc->nr_writers, sizeof (struct writer));
+  if (rc->buckets == NULL || rc->writers == NULL) {
+    nbdkit_error ("calloc: %m");
+    ramcache_free (rc);
+    return NULL;
+  }
+  for (i = 0; i < rc->nr_writers; ++i) {
+    struct writer *w = &rc->writers[i];
+
+    w->rc = rc;
+    w->buf = malloc ((size_t) rc->wb_max_blocks * block_size);
+    w->blocks = calloc (rc->wb_max_blocks, sizeof (struct block *));
+    if (w->buf == NULL || w->blocks == NULL) {
+      nbdkit_error ("malloc: %m");
+      ramcache_free (rc);
+      return NULL;
+    }
+  }
+
+  nbdkit_debug ("ramcache: limit %" PRIu64 " bytes: %" PRIu64 " blocks of %"
+                PRIu32 " (%" PRIu64 " bytes each with metadata), %u "
+                "writers writing up to %" PRIu32 " blocks at once, "
+                "fixed cost %" PRIu64 " bytes; write-back starts past %"
+                PRIu64 " dirty blocks",
+                limit_bytes, rc->max_blocks, block_size, per_block,
+                rc->nr_writers, rc->wb_max_blocks, rc->fixed_bytes,
+                rc->high_water);
+  return rc;
+}
+
+int
+ramcache_start (struct ramcache *rc)
+{
+  unsigned i;
+  int r;
+
+  assert (!rc->started);
+  for (i = 0; i < rc->nr_writers; ++i) {
+    r = pthread_create (&rc->writers[i].thread, NULL, writer_thread,
+                        &rc->writers[i]);
+    if (r != 0) {
+      errno = r;
+      nbdkit_error ("ramcache: pthread_create: %m");
+      return -1;
+    }
+    rc->writers[i].thread_running = true;
+    /* From the first thread on, callers leave write-back to the
+     * threads.
+     */
+    if (i == 0) {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+      rc->started = true;
+    }
+  }
+  return 0;
+}
+
+void
+ramcache_free (struct ramcache *rc)
+{
+  unsigned i;
+  uint64_t h;
+
+  if (rc == NULL)
+    return;
+
+  pthread_mutex_lock (&rc->lock);
+  rc->stopping = true;
+  pthread_cond_broadcast (&rc->writer_cond);
+  pthread_mutex_unlock (&rc->lock);
+  if (rc->writers) {
+    for (i = 0; i < rc->nr_writers; ++i) {
+      if (rc->writers[i].thread_running)
+        pthread_join (rc->writers[i].thread, NULL);
+      free (rc->writers[i].buf);
+      free (rc->writers[i].blocks);
+    }
+  }
+  if (rc->dirty.n || rc->nr_unclean)
+    nbdkit_debug ("ramcache: freed with %" PRIu64 " dirty blocks: "
+                  "their data is lost", rc->nr_unclean);
+
+  if (rc->buckets) {
+    for (h = 0; h < rc->nbuckets; ++h) {
+      struct block *b = rc->buckets[h], *next;
+
+      for (; b; b = next) {
+        next = b->hnext;
+        free (b->data);
+        free (b);
+      }
+    }
+  }
+  while (rc->free_bufs) {
+    void *buf = rc->free_bufs;
+
+    rc->free_bufs = *(void **) buf;
+    free (buf);
+  }
+  pthread_cond_destroy (&rc->writer_cond);
+  pthread_cond_destroy (&rc->cond);
+  pthread_mutex_destroy (&rc->lock);
+  free (rc->buckets);
+  free (rc->writers);
+  free (rc);
+}
+
+int
+ramcache_pread (struct ramcache *rc, void *vbuf, uint32_t count,
+                uint64_t offset, int *err)
+{
+  char *buf = vbuf;
+
+  if (check_range (rc, count, offset, err) == -1)
+    return -1;
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  while (count > 0) {
+    const uint64_t blknum = offset / rc->block_size;
+    const uint32_t blkoff = offset % rc->block_size; /* within the block */
+    struct block *b = lookup (rc, blknum);
+    uint32_t n;
+
+    if (b && b->state == BLOCK_FILLING) {
+      pthread_cond_wait (&rc->cond, &rc->lock);
+      continue;
+    }
+    if (b) {
+      n = MIN (count, rc->block_size - blkoff);
+      memcpy (buf, b->data + blkoff, n);
+      rc->stats.read_hits++;
+      if (b->state == BLOCK_CLEAN) {
+        list_remove (&rc->clean, b);
+        list_append (&rc->clean, b);
+      }
+    }
+    else {
+      /* A run of absent blocks: below has their newest data (see the
+       * essay), so read it without the lock.
+       */
+      uint64_t end = blknum + 1;
+      uint64_t run_end;
+      int r;
+
+      n = MIN ((uint64_t) count, end * rc->block_size - offset);
+      while (n < count && lookup (rc, end) == NULL) {
+        run_end = MIN ((uint64_t) count,
+                       (end + 1) * rc->block_size - offset);
+        n = run_end;
+        end++;
+      }
+      rc->stats.read_misses += end - blknum;
+      pthread_mutex_unlock (&rc->lock);
+      r = rc->below.pread (rc->below.opaque, buf, n, offset, err);
+      pthread_mutex_lock (&rc->lock);
+      if (r == -1)
+        return -1;
+    }
+    buf += n;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+int
+ramcache_pwrite (struct ramcache *rc, const void *buf, uint32_t count,
+                 uint64_t offset, int *err)
+{
+  if (check_range (rc, count, offset, err) == -1)
+    return -1;
+  return write_range (rc, buf, count, offset, err);
+}
+
+int
+ramcache_zero (struct ramcache *rc, uint32_t count, uint64_t offset,
+               int *err)
+{
+  if (check_range (rc, count, offset, err) == -1)
+    return -1;
+  return write_range (rc, NULL, count, offset, err);
+}
+
+/* Trim below the range [start, end) if not empty.  Called without
+ * the lock.
+ */
+static int
+trim_below (struct ramcache *rc, uint64_t start, uint64_t end, int *err)
+{
+  if (start == end || rc->below.trim == NULL)
+    return 0;
+  assert (end - start <= UINT32_MAX);
+  return rc->below.trim (rc->below.opaque, end - start, start, err);
+}
+
+int
+ramcache_trim (struct ramcache *rc, uint32_t count, uint64_t offset,
+               int *err)
+{
+  /* The range to trim below, built up as we go and sent when it
+   * cannot grow any more.
+   */
+  uint64_t tstart = offset, tend = offset;
+
+  if (check_range (rc, count, offset, err) == -1)
+    return -1;
+
+  pthread_mutex_lock (&rc->lock);
+  while (count > 0) {
+    const uint64_t blknum = offset / rc->block_size;
+    const uint32_t blkoff = offset % rc->block_size; /* within the block */
+    const uint32_t len = block_len (rc, blknum);
+    const uint32_t n = MIN (count, len - blkoff);
+    struct block *b = lookup (rc, blknum);
+    bool below = true;          /* trim this piece below? */
+
+    if (b && blkoff == 0 && n == len) {
+      switch (b->state) {
+      case BLOCK_FILLING:
+      case BLOCK_WRITING:
+      case BLOCK_REDIRTIED:
+        /* Dropping it now would let the write below in flight land
+         * after our trim below: wait for it.
+         */
+        pthread_cond_wait (&rc->cond, &rc->lock);
+        continue;
+      case BLOCK_DIRTY:
+        list_remove (&rc->dirty, b);
+        rc->nr_unclean--;
+        if (!b->on_below)
+          rc->stats.dropped_bytes += len;
+        break;
+      case BLOCK_CLEAN:
+        list_remove (&rc->clean, b);
+        break;
+      default:
+        abort ();
+      }
+      below = b->on_below;
+      release_block (rc, b);
+    }
+    else if (b)
+      below = false;            /* partial block held: left alone */
+
+    /* Pieces are consecutive, so tend == offset here. */
+    assert (tend == offset);
+    if (below)
+      tend = offset + n;
+    else {
+      /* Send what we have; start again after this piece. */
+      const uint64_t s = tstart, e = tend;
+
+      tstart = tend = offset + n;
+      if (s != e) {
+        int r;
+
+        pthread_mutex_unlock (&rc->lock);
+        r = trim_below (rc, s, e, err);
+        pthread_mutex_lock (&rc->lock);
+        if (r == -1) {
+          pthread_mutex_unlock (&rc->lock);
+          return -1;
+        }
+      }
+    }
+    count -= n;
+    offset += n;
+  }
+  pthread_mutex_unlock (&rc->lock);
+  return trim_below (rc, tstart, tend, err);
+}
+
+/* Has everything up to sequence number TARGET reached below? */
+static bool
+flushed (struct ramcache *rc, uint64_t target)
+{
+  unsigned i;
+
+  if (rc->dirty.head && rc->dirty.head->seq <= target)
+    return false;
+  for (i = 0; i < rc->nr_writers; ++i)
+    if (rc->writers[i].nr_blocks && rc->writers[i].minseq <= target)
+      return false;
+  return true;
+}
+
+int
+ramcache_flush (struct ramcache *rc, int *err)
+{
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+    const uint64_t target = rc->next_seq - 1;
+    const uint64_t failures = rc->wb_failures;
+
+    rc->flushers++;
+    kick_writers (rc);
+    while (!flushed (rc, target)) {
+      if (rc->wb_failures != failures) {
+        rc->flushers--;
+        *err = rc->wb_errno;
+        nbdkit_error ("ramcache: flush: writing below failed: %s",
+                      strerror (rc->wb_errno));
+        return -1;
+      }
+      if (!writeback_inline (rc))
+        pthread_cond_wait (&rc->cond, &rc->lock);
+    }
+    rc->flushers--;
+  }
+
+  if (rc->below.flush)
+    return rc->below.flush (rc->below.opaque, err);
+  return 0;
+}
+
+void
+ramcache_get_stats (struct ramcache *rc, struct ramcache_stats *st)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+
+  *st = rc->stats;
+  st->limit = rc->limit;
+  st->held_bytes = rc->nr_blocks * rc->block_size;
+  st->dirty_bytes = rc->nr_unclean * rc->block_size;
+}
+
+uint64_t
+ramcache_cached_run (struct ramcache *rc, uint64_t offset, uint64_t count,
+                     bool *cached)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  uint64_t blknum = offset / rc->block_size;
+  uint64_t n = 0;
+
+  assert (offset < rc->disk_size);
+  *cached = lookup (rc, blknum) != NULL;
+  while (n < count) {
+    n = MIN (count, (blknum + 1) * rc->block_size - offset);
+    blknum++;
+    if (blknum >= rc->nr_disk_blocks ||
+        (lookup (rc, blknum) != NULL) != *cached)
+      break;
+  }
+  return n;
+}
+
+void
+ramcache_set_verbose (struct ramcache *rc, bool verbose)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+
+  rc->verbose = verbose;
+}
+
+void
+ramcache_debug_stats (struct ramcache *rc, const char *who)
+{
+  struct ramcache_stats st;
+
+  ramcache_get_stats (rc, &st);
+  nbdkit_debug ("%s: ramcache: limit=%" PRIu64 " held=%" PRIu64
+                " dirty=%" PRIu64 " written_below=%" PRIu64
+                " dropped=%" PRIu64 " read_hits=%" PRIu64
+                " read_misses=%" PRIu64 " writer_stalls=%" PRIu64,
+                who, st.limit, st.held_bytes, st.dirty_bytes,
+                st.written_below_bytes, st.dropped_bytes, st.read_hits,
+                st.read_misses, st.writer_stalls);
+}
