@@ -922,17 +922,19 @@ snap_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
 void
 snap_status_json (char *buf, size_t len)
 {
+  char ram[512];
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
+  store_status_json (ram, sizeof ram);
   snprintf (buf, len,
             "{\"state\":\"%s\",\"generation\":%" PRIu64 ","
             "\"cluster_size\":%" PRIu32 ",\"disk_size\":%" PRIu64 ","
             "\"preserved_bytes\":%" PRIu64 ",\"copied_bytes\":%" PRIu64 ","
             "\"released_bytes\":%" PRIu64 ",\"cbw_failures\":%" PRIu64 ","
             "\"broken\":%s,\"snapshot_contexts\":%u,"
-            "\"store_allocated_bytes\":%" PRIi64 "}",
+            "\"store_allocated_bytes\":%" PRIi64 ",%s}",
             state_name_locked (), generation, cbw_cluster_size, disk_size,
             preserved_bytes, copied_bytes, released_bytes, cbw_failures,
             broken ? "true" : "false", contexts,
-            store_allocated_bytes ());
+            store_allocated_bytes (), ram);
 }

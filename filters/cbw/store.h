@@ -5,6 +5,7 @@
 #ifndef NBDKIT_CBW_STORE_H
 #define NBDKIT_CBW_STORE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -19,6 +20,7 @@ extern int store_config (const char *key, const char *value)
   "cbw-image=<FILE>         qcow2 fleece image to create (default: in $TMPDIR).\n" \
   "cbw-store=<URI>          Use an existing NBD server as the store instead.\n" \
   "cbw-keep-image=<BOOL>    Keep the fleece image at exit (default false).\n" \
+  "cbw-ram=<SIZE>           RAM tier in front of the store (default 0).\n" \
   "cbw-qemu-nbd=<PATH>      qemu-nbd to serve the image (default qemu-nbd).\n" \
   "cbw-qemu-img=<PATH>      qemu-img to create the image (default qemu-img)."
 
@@ -66,6 +68,10 @@ extern int store_extents (uint32_t count, uint64_t offset,
  * stale write can land after the wipe.
  */
 extern int store_wipe (int *err) __attribute__ ((__nonnull__ (1)));
+
+/* The RAM tier's counters as JSON members (no braces) into BUF. */
+extern void store_status_json (char *buf, size_t len)
+  __attribute__ ((__nonnull__ (1)));
 
 /* Bytes allocated in the qcow2 file (st_blocks), or -1 if unknown. */
 extern int64_t store_allocated_bytes (void);
