@@ -380,10 +380,12 @@ store_write_owned (void *buf, uint32_t count, uint64_t offset,
                    const struct timespec *deadline, int *err)
 {
   if (ram) {
-    /* Into RAM; only a full tier makes this wait.  XXX The deadline
-     * is not applied to that wait (see cbw-timeout in the man page).
+    /* Into RAM; only a full tier makes this wait, and the deadline
+     * bounds that wait.
      */
-    int r = ramcache_pwrite (ram, buf, count, offset, err);
+    int r = deadline ?
+      ramcache_pwrite_deadline (ram, buf, count, offset, deadline, err) :
+      ramcache_pwrite (ram, buf, count, offset, err);
     free (buf);
     return r;
   }

@@ -495,12 +495,14 @@ writeback_inline (struct ramcache *rc)
 }
 
 /* Get a data buffer for a new block, making room if needed: evict a
- * clean block, else wait for the writers.  May drop the lock, so the
- * caller must look the block up again.  Returns NULL with *err set if
- * a write below failed meanwhile or malloc failed.
+ * clean block, else wait for the writers (until DEADLINE, on
+ * CLOCK_MONOTONIC, if not NULL).  May drop the lock, so the caller
+ * must look the block up again.  Returns NULL with *err set if a
+ * write below failed meanwhile, the deadline passed (ETIMEDOUT) or
+ * malloc failed.
  */
 static char *
-get_buffer (struct ramcache *rc, int *err)
+get_buffer (struct ramcache *rc, const struct timespec *deadline, int *err)
 {
   const uint64_t failures = rc->wb_failures;
   bool stalled = false;
@@ -530,8 +532,20 @@ get_buffer (struct ramcache *rc, int *err)
         nbdkit_debug ("ramcache: tier full, waiting for write-back");
       kick_writers (rc);
     }
-    if (!writeback_inline (rc))
-      pthread_cond_wait (&rc->cond, &rc->lock);
+    if (!writeback_inline (rc)) {
+      if (deadline == NULL)
+        pthread_cond_wait (&rc->cond, &rc->lock);
+      else if (pthread_cond_clockwait (&rc->cond, &rc->lock,
+                                       CLOCK_MONOTONIC,
+                                       deadline) == ETIMEDOUT &&
+               rc->nr_blocks >= rc->max_blocks && !rc->clean.head) {
+        rc->stalled--;
+        *err = ETIMEDOUT;
+        nbdkit_error ("ramcache: the tier is full and write-back did "
+                      "not make room before the deadline");
+        return NULL;
+      }
+    }
   }
   if (stalled)
     rc->stalled--;
@@ -552,10 +566,12 @@ get_buffer (struct ramcache *rc, int *err)
   return buf;
 }
 
-/* Write COUNT bytes of BUF (zeroes if BUF is NULL) at OFFSET. */
+/* Write COUNT bytes of BUF (zeroes if BUF is NULL) at OFFSET,
+ * waiting for room no later than DEADLINE if it is not NULL.
+ */
 static int
 write_range (struct ramcache *rc, const char *buf, uint32_t count,
-             uint64_t offset, int *err)
+             uint64_t offset, const struct timespec *deadline, int *err)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
 
@@ -567,7 +583,7 @@ write_range (struct ramcache *rc, const char *buf, uint32_t count,
     struct block *b = lookup (rc, blknum);
 
     if (b == NULL) {
-      char *data = get_buffer (rc, err);
+      char *data = get_buffer (rc, deadline, err);
       int r;
 
       if (data == NULL)
@@ -918,7 +934,17 @@ ramcache_pwrite (struct ramcache *rc, const void *buf, uint32_t count,
 {
   if (check_range (rc, count, offset, err) == -1)
     return -1;
-  return write_range (rc, buf, count, offset, err);
+  return write_range (rc, buf, count, offset, NULL, err);
+}
+
+int
+ramcache_pwrite_deadline (struct ramcache *rc, const void *buf,
+                          uint32_t count, uint64_t offset,
+                          const struct timespec *deadline, int *err)
+{
+  if (check_range (rc, count, offset, err) == -1)
+    return -1;
+  return write_range (rc, buf, count, offset, deadline, err);
 }
 
 int
@@ -927,7 +953,7 @@ ramcache_zero (struct ramcache *rc, uint32_t count, uint64_t offset,
 {
   if (check_range (rc, count, offset, err) == -1)
     return -1;
-  return write_range (rc, NULL, count, offset, err);
+  return write_range (rc, NULL, count, offset, NULL, err);
 }
 
 /* Trim below the range [start, end) if not empty.  Called without

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 /* The slower store below the tier.  Called from any thread,
  * including the engine's background writers; must be thread safe.
@@ -84,6 +85,16 @@ extern int ramcache_pread (struct ramcache *rc, void *buf, uint32_t count,
 extern int ramcache_pwrite (struct ramcache *rc, const void *buf,
                             uint32_t count, uint64_t offset, int *err)
   __attribute__ ((__nonnull__ (1, 2, 5)));
+
+/* The same, but fail with ETIMEDOUT if the tier is full and no room
+ * is made before DEADLINE (CLOCK_MONOTONIC).  Blocks before the one
+ * that found no room may have been written.
+ */
+extern int ramcache_pwrite_deadline (struct ramcache *rc, const void *buf,
+                                     uint32_t count, uint64_t offset,
+                                     const struct timespec *deadline,
+                                     int *err)
+  __attribute__ ((__nonnull__ (1, 2, 5, 6)));
 
 /* Zero: like a write of zeroes; the range reads back as zero. */
 extern int ramcache_zero (struct ramcache *rc, uint32_t count,
