@@ -1,0 +1,339 @@
+/* nbdkit-fleece: the bitmap-discard filter.
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Sits above the cbw filter and serves:
+ *
+ *   ""            the writer's export: every write, zero and trim
+ *                 marks its granules in the persistent dirty bitmap
+ *                 (dirty.c) before it goes below;
+ *   "snapshot"    the point-in-time view, restricted to the scope of
+ *                 the current backup (scope.c);
+ *   "cbw-status"  passed through.
+ *
+ * Control commands arrive on bitmap-control (control.c).  This file
+ * holds the nbdkit callbacks only.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pthread.h>
+
+#include <nbdkit-filter.h>
+
+#include "rounding.h"
+#include "control.h"
+#include "dirty.h"
+#include "scope.h"
+
+#define SNAPSHOT_EXPORT "snapshot"
+
+/* bitmap-dir (absolute), or NULL: no dirty tracking. */
+static char *bitmap_dir;
+
+/* bitmap-control (absolute), or NULL: no control socket. */
+static char *control_path;
+
+/* What a connection is looking at. */
+enum export_kind { EXPORT_WRITER, EXPORT_SNAPSHOT, EXPORT_OTHER };
+
+struct bd_handle {
+  enum export_kind kind;
+};
+
+/* No more control commands, and an active snapshot ends, while the
+ * layers below can still be used.
+ */
+static void
+bd_cleanup (nbdkit_backend *backend)
+{
+  control_stop ();
+  scope_cleanup ();
+}
+
+static void
+bd_unload (void)
+{
+  control_stop ();
+  dirty_close ();
+  scope_free ();
+  free (bitmap_dir);
+  free (control_path);
+}
+
+static int
+bd_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+           const char *key, const char *value)
+{
+  if (strcmp (key, "bitmap-dir") == 0) {
+    free (bitmap_dir);
+    bitmap_dir = nbdkit_absolute_path (value);
+    return bitmap_dir ? 0 : -1;
+  }
+  if (strcmp (key, "bitmap-control") == 0) {
+    free (control_path);
+    control_path = nbdkit_absolute_path (value);
+    return control_path ? 0 : -1;
+  }
+  if (strcmp (key, "bitmap-granularity") == 0) {
+    int64_t n = nbdkit_parse_size (value);
+
+    if (n == -1)
+      return -1;
+    if (n < 4096 || n > (INT64_C (1) << 30) || !is_power_of_2 (n)) {
+      nbdkit_error ("bitmap-discard: bitmap-granularity=%s: must be a "
+                    "power of 2 between 4K and 1G", value);
+      return -1;
+    }
+    bd_granularity = n;
+    return 0;
+  }
+  if (strcmp (key, "bitmap-discard-on-read") == 0) {
+    int r = nbdkit_parse_bool (value);
+
+    if (r == -1)
+      return -1;
+    bd_discard_on_read = r;
+    return 0;
+  }
+  return next (nxdata, key, value);
+}
+
+#define bd_config_help \
+  "bitmap-dir=<DIR>             Persistent dirty bitmaps (checkpoints).\n" \
+  "bitmap-control=<SOCKET>      Control socket (snapshot, release...).\n" \
+  "bitmap-granularity=<SIZE>    Dirty tracking granule (default 64K).\n" \
+  "bitmap-discard-on-read=<BOOL> Release what was read (default false)."
+
+/* The control socket is bound before nbdkit forks, so a bad path stops
+ * nbdkit at startup.
+ */
+static int
+bd_get_ready (int thread_model)
+{
+  bd_have_control = control_path != NULL;
+  if (control_path && control_listen (control_path) == -1)
+    return -1;
+  return 0;
+}
+
+/* Learn the disk size, load the bitmaps, start the control thread. */
+static int
+bd_after_fork (nbdkit_backend *backend)
+{
+  nbdkit_next *next;
+  int64_t size;
+
+  next = nbdkit_next_context_open (backend, 1, "", 1);
+  if (next == NULL) {
+    nbdkit_error ("bitmap-discard: cannot open the disk below");
+    return -1;
+  }
+  if (next->prepare (next) == -1) {
+    nbdkit_next_context_close (next);
+    return -1;
+  }
+  size = next->get_size (next);
+  next->finalize (next);
+  nbdkit_next_context_close (next);
+  if (size == -1)
+    return -1;
+
+  if (scope_init (backend, size) == -1)
+    return -1;
+  if (bitmap_dir && dirty_open (bitmap_dir, size, bd_granularity) == -1)
+    return -1;
+  if (control_path && control_start () == -1)
+    return -1;
+  return 0;
+}
+
+static void *
+bd_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+         int readonly, const char *exportname, int is_tls)
+{
+  struct bd_handle *h;
+  enum export_kind kind;
+
+  if (strcmp (exportname, "") == 0)
+    kind = EXPORT_WRITER;
+  else if (strcmp (exportname, SNAPSHOT_EXPORT) == 0)
+    kind = EXPORT_SNAPSHOT;
+  else
+    kind = EXPORT_OTHER;        /* cbw-status, or refused below */
+
+  h = malloc (sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  h->kind = kind;
+  /* Join the snapshot before cbw sees the context, so that without a
+   * control socket our full scope exists before cbw takes the PIT.
+   */
+  if (kind == EXPORT_SNAPSHOT && scope_client_open () == -1) {
+    free (h);
+    return NULL;
+  }
+  if (next (nxdata, readonly, exportname) == -1) {
+    if (kind == EXPORT_SNAPSHOT)
+      scope_client_close ();
+    free (h);
+    return NULL;
+  }
+  return h;
+}
+
+static void
+bd_close (void *handle)
+{
+  struct bd_handle *h = handle;
+
+  if (h->kind == EXPORT_SNAPSHOT)
+    scope_client_close ();
+  free (h);
+}
+
+/* Ask below, once, for everything this filter may use. */
+static int
+bd_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  if (next->get_size (next) == -1 ||
+      next->can_write (next) == -1 ||
+      next->can_flush (next) == -1 ||
+      next->can_trim (next) == -1 ||
+      next->can_zero (next) == -1 ||
+      next->can_fast_zero (next) == -1 ||
+      next->can_fua (next) == -1 ||
+      next->can_extents (next) == -1 ||
+      next->can_cache (next) == -1 ||
+      next->can_multi_conn (next) == -1)
+    return -1;
+  return 0;
+}
+
+/* Read data. */
+static int
+bd_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+          uint64_t offset, uint32_t flags, int *err)
+{
+  struct bd_handle *h = handle;
+
+  if (h->kind == EXPORT_SNAPSHOT)
+    return scope_pread (next, buf, count, offset, flags, err);
+  return next->pread (next, buf, count, offset, flags, err);
+}
+
+/* Write, zero and trim on the writer export: the granules' bits are
+ * durable before the request goes below.
+ */
+static int
+dirty_request_begin (uint32_t count, uint64_t offset, int *err)
+{
+  gate_begin ();
+  if (dirty_mark (offset, count, err) == -1) {
+    gate_end ();
+    return -1;
+  }
+  return 0;
+}
+
+/* Write data. */
+static int
+bd_pwrite (nbdkit_next *next, void *handle, const void *buf,
+           uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct bd_handle *h = handle;
+  int r;
+
+  if (h->kind != EXPORT_WRITER)
+    return next->pwrite (next, buf, count, offset, flags, err);
+  if (dirty_request_begin (count, offset, err) == -1)
+    return -1;
+  r = next->pwrite (next, buf, count, offset, flags, err);
+  gate_end ();
+  return r;
+}
+
+/* Zero. */
+static int
+bd_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+         uint32_t flags, int *err)
+{
+  struct bd_handle *h = handle;
+  int r;
+
+  if (h->kind != EXPORT_WRITER)
+    return next->zero (next, count, offset, flags, err);
+  if (dirty_request_begin (count, offset, err) == -1)
+    return -1;
+  r = next->zero (next, count, offset, flags, err);
+  gate_end ();
+  return r;
+}
+
+/* Trim: on the writer export it changes data; on the snapshot export
+ * it releases.
+ */
+static int
+bd_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
+         uint32_t flags, int *err)
+{
+  struct bd_handle *h = handle;
+  int r;
+
+  switch (h->kind) {
+  case EXPORT_WRITER:
+    if (dirty_request_begin (count, offset, err) == -1)
+      return -1;
+    r = next->trim (next, count, offset, flags, err);
+    gate_end ();
+    return r;
+  case EXPORT_SNAPSHOT:
+    return scope_trim (next, count, offset, flags, err);
+  case EXPORT_OTHER:
+    return next->trim (next, count, offset, flags, err);
+  }
+  abort ();
+}
+
+/* Extents. */
+static int
+bd_extents (nbdkit_next *next, void *handle, uint32_t count,
+            uint64_t offset, uint32_t flags,
+            struct nbdkit_extents *extents, int *err)
+{
+  struct bd_handle *h = handle;
+
+  if (h->kind == EXPORT_SNAPSHOT)
+    return scope_extents (next, count, offset, flags, extents, err);
+  return next->extents (next, count, offset, flags, extents, err);
+}
+
+static struct nbdkit_filter filter = {
+  .name               = "bitmap-discard",
+  .longname           = "nbdkit dirty bitmap and backup scope filter",
+  .unload             = bd_unload,
+  .config             = bd_config,
+  .config_help        = bd_config_help,
+  .get_ready          = bd_get_ready,
+  .after_fork         = bd_after_fork,
+  .cleanup            = bd_cleanup,
+  .open               = bd_open,
+  .close              = bd_close,
+  .prepare            = bd_prepare,
+  .pread              = bd_pread,
+  .pwrite             = bd_pwrite,
+  .zero               = bd_zero,
+  .trim               = bd_trim,
+  .extents            = bd_extents,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

@@ -1,0 +1,722 @@
+/* nbdkit-fleece: bitmap-discard filter, snapshot scope and writer gate.
+ * SPDX-License-Identifier: BSD-3-Clause
+ *
+ * Snapshots with a scope
+ * ======================
+ *
+ * The cbw filter below takes the point in time (PIT) when the first
+ * context opens its "snapshot" export, and preserves every cluster
+ * until it is TRIMmed there.  This layer decides which granules a
+ * backup needs (its scope) and releases the others at once, so cbw
+ * never copies them.  One bit per granule in 'scope':
+ *
+ *   bit | meaning                         | client read | extents
+ *   ----+---------------------------------+-------------+--------------
+ *    0  | not in this backup, or released | EINVAL      | HOLE (no ZERO)
+ *       | since (TRIM, read-once)         |             |
+ *    1  | in scope: the backup must copy  | from cbw    | from cbw (real
+ *       | it                              | (PIT data)  | allocation)
+ *
+ * Transitions: the snapshot step sets the bits (all for a full backup,
+ * the union of the dirty bitmaps since a checkpoint for an
+ * incremental); a client TRIM or a read-once read clears the whole
+ * granules inside its range (and passes the same TRIM down, so cbw
+ * drops them); nothing sets a bit again until the next snapshot.
+ *
+ * The snapshot step (scope_snapshot), atomic for the writers:
+ *   1. hold new writes at this layer and wait for those in flight;
+ *   2. create the checkpoint if asked (the dirty bitmap is cut here);
+ *   3. compute the scope;
+ *   4. open a "holder" context on "snapshot" below: cbw takes the PIT;
+ *   5. TRIM every out-of-scope granule through the holder;
+ *   6. let the writes go.
+ * A write is thus either wholly before the PIT and the checkpoint, or
+ * wholly after both.  On failure every step is undone (a checkpoint
+ * created in step 2 is deleted again, which merges it back).
+ * 'release' closes the holder: cbw ends the PIT once the last client
+ * context on "snapshot" closes too.
+ *
+ * Without bitmap-control, the first client to open "snapshot" when no
+ * snapshot exists gets a full-scope one (cbw takes the PIT as usual),
+ * which ends with the last such client.
+ *
+ * Locking: 'lock' guards everything marked below; 'cond' is broadcast
+ * when the writer gate changes.  No I/O is done with the lock held:
+ * bits are checked or cleared under it, then the request goes below.
+ * Control commands are serialized by the caller (control.c).
+ */
+
+#include <config.h>
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pthread.h>
+
+#include <nbdkit-filter.h>
+
+#include "bitmap.h"
+#include "cleanup.h"
+#include "rounding.h"
+#include "dirty.h"
+#include "scope.h"
+
+uint32_t bd_granularity = 65536;
+bool bd_discard_on_read = false;
+bool bd_have_control = false;
+
+/* The cbw exports below. */
+#define SNAPSHOT_EXPORT "snapshot"
+#define STATUS_EXPORT   "cbw-status"
+#define STATUS_SIZE     4096
+
+/* Largest TRIM sent below in one request (a multiple of any
+ * granularity).
+ */
+#define MAX_TRIM (UINT64_C (1) << 30)
+
+enum scope_state {
+  SC_NONE,                      /* no snapshot */
+  SC_ACTIVE,                    /* taken by the control socket */
+  SC_AUTO,                      /* taken by a client (no control) */
+};
+
+/* Initialized in scope_init and never changed. */
+static nbdkit_backend *backend;
+static uint64_t disk_size;
+static uint64_t nr_granules;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+
+/* --- Everything below is protected by lock. --- */
+
+static bool hold_writes;        /* gate_begin waits while set */
+static uint64_t writes_inflight;
+
+static enum scope_state state = SC_NONE;
+static bool scope_valid;        /* 'scope' describes the PIT below */
+static struct bitmap scope;     /* see the table above */
+static unsigned clients;        /* client contexts on "snapshot" */
+static uint64_t generation;     /* snapshots taken */
+static uint64_t scope_bytes;    /* bytes in scope when taken */
+static uint64_t released_bytes; /* of those, released since */
+static char since_name[CKPT_NAME_MAX + 1];
+static char ckpt_name[CKPT_NAME_MAX + 1];
+
+/* Only touched by the control thread (serialized). */
+static nbdkit_next *holder;     /* our context on "snapshot" below */
+
+static void close_holder (void);
+
+/* Bytes of the disk in granules [first, end). */
+static uint64_t
+granule_bytes (uint64_t first, uint64_t end)
+{
+  if (end <= first)
+    return 0;
+  return MIN (end * bd_granularity, disk_size) - first * bd_granularity;
+}
+
+int
+scope_init (nbdkit_backend *b, uint64_t size)
+{
+  backend = b;
+  disk_size = size;
+  nr_granules = (size + bd_granularity - 1) / bd_granularity;
+  if (bitmap_init (&scope, 1, nr_granules) == -1) {
+    nbdkit_error ("calloc: %m");
+    return -1;
+  }
+  return 0;
+}
+
+void
+scope_cleanup (void)
+{
+  close_holder ();
+}
+
+void
+scope_free (void)
+{
+  bitmap_free (&scope);
+}
+
+void
+gate_begin (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  while (hold_writes)
+    pthread_cond_wait (&cond, &lock);
+  writes_inflight++;
+}
+
+void
+gate_end (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  assert (writes_inflight > 0);
+  if (--writes_inflight == 0)
+    pthread_cond_broadcast (&cond);
+}
+
+/* Hold new writes and wait for those in flight. */
+static void
+gate_hold (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  assert (!hold_writes);
+  hold_writes = true;
+  while (writes_inflight > 0)
+    pthread_cond_wait (&cond, &lock);
+}
+
+static void
+gate_release (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  assert (hold_writes);
+  hold_writes = false;
+  pthread_cond_broadcast (&cond);
+}
+
+int
+scope_client_open (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  if (!bd_have_control && state == SC_NONE && clients == 0) {
+    bitmap_fill (&scope, 1);
+    scope_valid = true;
+    state = SC_AUTO;
+    generation++;
+    scope_bytes = disk_size;
+    released_bytes = 0;
+    since_name[0] = ckpt_name[0] = '\0';
+  }
+  if (state == SC_NONE) {
+    nbdkit_error ("bitmap-discard: no snapshot to read: send \"snapshot\" "
+                  "on the control socket first");
+    return -1;
+  }
+  clients++;
+  return 0;
+}
+
+void
+scope_client_close (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  assert (clients > 0);
+  if (--clients == 0 && state == SC_AUTO)
+    state = SC_NONE;
+}
+
+/* Whole granules inside [offset, offset+count): [*first, *end).  The
+ * last, short granule counts as whole when the range reaches the end
+ * of the disk.
+ */
+static void
+whole_granules (uint64_t offset, uint64_t count, uint64_t *first,
+                uint64_t *end)
+{
+  *first = (offset + bd_granularity - 1) / bd_granularity;
+  if (offset + count >= disk_size)
+    *end = nr_granules;
+  else
+    *end = (offset + count) / bd_granularity;
+  if (*end < *first)
+    *end = *first;
+}
+
+/* Clear the scope bits of granules [first, end). */
+static void
+clear_scope_locked (uint64_t first, uint64_t end)
+{
+  uint64_t g;
+
+  for (g = first; g < end; ++g)
+    if (bitmap_get (&scope, g)) {
+      bitmap_set (&scope, g, 0);
+      released_bytes += granule_bytes (g, g + 1);
+    }
+}
+
+/* Release the whole granules in [offset, offset+count) at this layer
+ * and below.
+ */
+static int
+release_range (nbdkit_next *next, uint64_t offset, uint64_t count,
+               int *err)
+{
+  uint64_t first, end, off, stop;
+
+  whole_granules (offset, count, &first, &end);
+  if (first == end)
+    return 0;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    clear_scope_locked (first, end);
+  }
+  off = first * bd_granularity;
+  stop = MIN (end * bd_granularity, disk_size);
+  while (off < stop) {
+    uint64_t n = MIN (stop - off, MAX_TRIM);
+    if (next->trim (next, n, off, 0, err) == -1)
+      return -1;
+    off += n;
+  }
+  return 0;
+}
+
+int
+scope_pread (nbdkit_next *next, void *buf, uint32_t count, uint64_t offset,
+             uint32_t flags, int *err)
+{
+  uint64_t g, end;
+
+  if (count == 0)
+    return 0;
+  end = (offset + count + bd_granularity - 1) / bd_granularity;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    for (g = offset / bd_granularity; g < end; ++g)
+      if (!scope_valid || !bitmap_get (&scope, g)) {
+        *err = EINVAL;
+        nbdkit_debug ("bitmap-discard: read at %" PRIu64 " outside the "
+                      "snapshot's scope", g * bd_granularity);
+        return -1;
+      }
+  }
+  if (next->pread (next, buf, count, offset, flags, err) == -1)
+    return -1;
+  /* Read-once: what was read whole is released.  A failure here does
+   * not undo the read the client already has: report it in the log
+   * only.
+   */
+  if (bd_discard_on_read) {
+    int e;
+    if (release_range (next, offset, count, &e) == -1)
+      nbdkit_debug ("bitmap-discard: read-once release at %" PRIu64
+                    " failed: %s", offset, strerror (e));
+  }
+  return 0;
+}
+
+int
+scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
+            uint32_t flags, int *err)
+{
+  /* flags (FUA) is deliberately ignored: releasing has nothing to
+   * persist.
+   */
+  return release_range (next, offset, count, err);
+}
+
+int
+scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
+               uint32_t flags, struct nbdkit_extents *extents, int *err)
+{
+  uint64_t end = offset + count, pos = offset;
+
+  while (pos < end) {
+    uint64_t g = pos / bd_granularity, run_end;
+    bool in;
+
+    /* The run of granules with the same scope bit from pos. */
+    {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+      in = scope_valid && bitmap_get (&scope, g);
+      while (++g < nr_granules && g * bd_granularity < end &&
+             (scope_valid && bitmap_get (&scope, g)) == in)
+        ;
+    }
+    run_end = MIN (g * bd_granularity, end);
+
+    if (!in) {
+      /* Not part of this backup: hole, but not known to be zero, so
+       * that "qemu-img convert -B" leaves it to the backing file.
+       */
+      if (nbdkit_add_extent (extents, pos, run_end - pos,
+                             NBDKIT_EXTENT_HOLE) == -1) {
+        *err = errno;
+        return -1;
+      }
+      pos = run_end;
+    }
+    else {
+      struct nbdkit_extents *below;
+      size_t i, n;
+      uint64_t got = pos;
+
+      below = nbdkit_extents_new (pos, run_end);
+      if (below == NULL) {
+        *err = errno;
+        return -1;
+      }
+      if (next->extents (next, run_end - pos, pos,
+                         flags & ~NBDKIT_FLAG_REQ_ONE, below, err) == -1) {
+        nbdkit_extents_free (below);
+        return -1;
+      }
+      n = nbdkit_extents_count (below);
+      for (i = 0; i < n; ++i) {
+        struct nbdkit_extent e = nbdkit_get_extent (below, i);
+        if (nbdkit_add_extent (extents, e.offset, e.length, e.type) == -1) {
+          *err = errno;
+          nbdkit_extents_free (below);
+          return -1;
+        }
+        got = e.offset + e.length;
+      }
+      nbdkit_extents_free (below);
+      /* Below may answer for less than asked: stop where it stopped. */
+      if (got < run_end)
+        return 0;
+      pos = run_end;
+    }
+    if (flags & NBDKIT_FLAG_REQ_ONE)
+      return 0;
+  }
+  return 0;
+}
+
+/*----------------------------------------------------------------------
+ * Control commands.
+ */
+
+/* What cbw says about itself. */
+struct cbw_status {
+  char state[16];
+  uint64_t generation;
+  uint64_t cluster_size;
+  char json[STATUS_SIZE + 1];   /* the line itself, trailing blanks cut */
+};
+
+static uint64_t
+json_number (const char *json, const char *key)
+{
+  char pat[64];
+  const char *p;
+
+  snprintf (pat, sizeof pat, "\"%s\":", key);
+  p = strstr (json, pat);
+  return p ? strtoull (p + strlen (pat), NULL, 10) : 0;
+}
+
+/* Read the "cbw-status" export below. */
+static int
+read_cbw_status (struct cbw_status *st)
+{
+  nbdkit_next *next;
+  int err = 0, r = -1;
+  const char *p;
+  size_t len;
+
+  memset (st, 0, sizeof *st);
+  next = nbdkit_next_context_open (backend, 1, STATUS_EXPORT, 1);
+  if (next == NULL)
+    return -1;
+  if (next->prepare (next) == 0 &&
+      next->get_size (next) == STATUS_SIZE &&
+      next->pread (next, st->json, STATUS_SIZE, 0, 0, &err) == 0)
+    r = 0;
+  next->finalize (next);
+  nbdkit_next_context_close (next);
+  if (r == -1)
+    return -1;
+  st->json[STATUS_SIZE] = '\0';
+  len = strlen (st->json);
+  while (len > 0 && (st->json[len-1] == ' ' || st->json[len-1] == '\n'))
+    st->json[--len] = '\0';
+  p = strstr (st->json, "\"state\":\"");
+  if (p)
+    sscanf (p + 9, "%15[a-z]", st->state);
+  st->generation = json_number (st->json, "generation");
+  st->cluster_size = json_number (st->json, "cluster_size");
+  return 0;
+}
+
+/* Close the holder context. */
+static void
+close_holder (void)
+{
+  if (holder) {
+    holder->finalize (holder);
+    nbdkit_next_context_close (holder);
+    holder = NULL;
+  }
+}
+
+/* Steps 4 and 5: take the PIT below and release what is out of scope
+ * (writes are held).
+ */
+static int
+open_holder (char *err, size_t errlen)
+{
+  uint64_t g, first;
+  int e;
+
+  holder = nbdkit_next_context_open (backend, 0, SNAPSHOT_EXPORT, 1);
+  if (holder == NULL) {
+    snprintf (err, errlen, "cannot open the \"snapshot\" export below "
+              "(see the nbdkit log)");
+    return -1;
+  }
+  /* nbdkit requires the size and the capabilities we use to be asked
+   * before any data call on a context opened by hand.
+   */
+  if (holder->prepare (holder) == -1 ||
+      holder->get_size (holder) != (int64_t) disk_size ||
+      holder->can_write (holder) != 1 ||
+      holder->can_trim (holder) != 1 ||
+      holder->can_extents (holder) == -1) {
+    snprintf (err, errlen, "the \"snapshot\" export below is not usable "
+              "(is the cbw filter below this one?)");
+    close_holder ();
+    return -1;
+  }
+  for (g = 0; g < nr_granules; ) {
+    bool in;
+    {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+      in = bitmap_get (&scope, g);
+    }
+    if (in) {
+      g++;
+      continue;
+    }
+    first = g;
+    {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+      while (g < nr_granules && !bitmap_get (&scope, g) &&
+             (g - first) * bd_granularity < MAX_TRIM)
+        g++;
+    }
+    if (holder->trim (holder, granule_bytes (first, g),
+                      first * bd_granularity, 0, &e) == -1) {
+      snprintf (err, errlen, "releasing out-of-scope data below failed: "
+                "%s", strerror (e));
+      close_holder ();
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int
+scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
+                char *err, size_t errlen)
+{
+  struct cbw_status before, after;
+  struct bitmap newscope;
+  uint64_t g, bytes = 0;
+  bool made_checkpoint = false;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    if (state != SC_NONE) {
+      snprintf (err, errlen, "a snapshot is already active: send "
+                "\"release\" first");
+      return -1;
+    }
+  }
+  if (since && !dirty_valid_name (since, err, errlen))
+    return -1;
+  if (since && !dirty_checkpoint_exists (since)) {
+    snprintf (err, errlen, "no checkpoint named %s: take a full backup",
+              since);
+    return -1;
+  }
+  if (checkpoint) {
+    if (!dirty_valid_name (checkpoint, err, errlen))
+      return -1;
+    if (dirty_checkpoint_exists (checkpoint)) {
+      snprintf (err, errlen, "checkpoint %s already exists", checkpoint);
+      return -1;
+    }
+  }
+  if (read_cbw_status (&before) == -1) {
+    snprintf (err, errlen, "cannot read \"cbw-status\" below: this "
+              "filter must sit above the cbw filter");
+    return -1;
+  }
+  if (before.cluster_size == 0 || bd_granularity % before.cluster_size) {
+    snprintf (err, errlen, "bitmap-granularity=%" PRIu32 " is not a "
+              "multiple of cbw-cluster-size=%" PRIu64 ": restart nbdkit "
+              "with matching values", bd_granularity, before.cluster_size);
+    return -1;
+  }
+  if (strcmp (before.state, "none") != 0) {
+    snprintf (err, errlen, "the cbw filter still holds the previous "
+              "snapshot (state %s: clients still connected to "
+              "\"snapshot\", or cbw-linger): disconnect them or wait, "
+              "then retry", before.state);
+    return -1;
+  }
+  if (bitmap_init (&newscope, 1, nr_granules) == -1) {
+    snprintf (err, errlen, "out of memory");
+    return -1;
+  }
+  if (!since)
+    bitmap_fill (&newscope, 1);
+
+  /* 1. Hold and drain the writes. */
+  gate_hold ();
+
+  /* 2. The checkpoint. */
+  if (checkpoint) {
+    if (dirty_checkpoint_create (checkpoint, err, errlen) == -1)
+      goto fail;
+    made_checkpoint = true;
+  }
+
+  /* 3. The scope. */
+  if (since && dirty_union_since (since, &newscope, err, errlen) == -1)
+    goto fail;
+  for (g = 0; g < nr_granules; ++g)
+    if (bitmap_get (&newscope, g))
+      bytes += granule_bytes (g, g + 1);
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    bitmap_free (&scope);
+    scope = newscope;
+    newscope.bits = NULL;
+    scope_valid = true;
+  }
+
+  /* 4 and 5. */
+  if (open_holder (err, errlen) == -1)
+    goto fail;
+  if (read_cbw_status (&after) == -1 ||
+      strcmp (after.state, "active") != 0 ||
+      after.generation <= before.generation) {
+    snprintf (err, errlen, "the cbw filter below did not take a new "
+              "snapshot");
+    close_holder ();
+    goto fail;
+  }
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    state = SC_ACTIVE;
+    generation++;
+    scope_bytes = bytes;
+    released_bytes = 0;
+    strcpy (since_name, since ? since : "");
+    strcpy (ckpt_name, checkpoint ? checkpoint : "");
+  }
+
+  /* 6. */
+  gate_release ();
+  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
+           generation, bytes);
+  if (since)
+    fprintf (fp, ",\"since\":\"%s\"", since);
+  if (checkpoint)
+    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
+                PRIu64 " bytes", generation, bytes);
+  return 0;
+
+ fail:
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    scope_valid = false;
+  }
+  if (made_checkpoint) {
+    char e2[256];
+    if (dirty_checkpoint_delete (checkpoint, e2, sizeof e2) == -1)
+      nbdkit_debug ("bitmap-discard: undoing checkpoint %s: %s",
+                    checkpoint, e2);
+  }
+  gate_release ();
+  bitmap_free (&newscope);
+  return -1;
+}
+
+int
+scope_release_snapshot (FILE *fp, char *err, size_t errlen)
+{
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    if (state != SC_ACTIVE) {
+      snprintf (err, errlen, "no snapshot to release");
+      return -1;
+    }
+    state = SC_NONE;
+    fprintf (fp, ",\"clients\":%u", clients);
+  }
+  close_holder ();
+  return 0;
+}
+
+int
+scope_checkpoint (const char *name, char *err, size_t errlen)
+{
+  int r;
+
+  gate_hold ();
+  r = dirty_checkpoint_create (name, err, errlen);
+  gate_release ();
+  return r;
+}
+
+int
+scope_delete_checkpoint (const char *name, char *err, size_t errlen)
+{
+  int r;
+
+  gate_hold ();
+  r = dirty_checkpoint_delete (name, err, errlen);
+  gate_release ();
+  return r;
+}
+
+void
+scope_status (FILE *fp)
+{
+  struct dirty_stats ds;
+  struct cbw_status cs;
+  uint64_t remaining = 0, g;
+
+  dirty_get_stats (&ds);
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    if (scope_valid)
+      for (g = 0; g < nr_granules; ++g)
+        if (bitmap_get (&scope, g))
+          remaining += granule_bytes (g, g + 1);
+    fprintf (fp, ",\"state\":\"%s\",\"generation\":%" PRIu64
+             ",\"since\":\"%s\",\"checkpoint\":\"%s\""
+             ",\"scope_bytes\":%" PRIu64 ",\"remaining_bytes\":%" PRIu64
+             ",\"released_bytes\":%" PRIu64 ",\"clients\":%u"
+             ",\"granularity\":%" PRIu32 ",\"disk_size\":%" PRIu64,
+             state == SC_NONE ? "none" : "active", generation,
+             since_name, ckpt_name, scope_valid ? scope_bytes : 0,
+             remaining, released_bytes, clients, bd_granularity, disk_size);
+  }
+  fprintf (fp, ",\"tracking\":{\"enabled\":%s,\"tracking\":%s,"
+           "\"failed\":%s,\"checkpoints\":%u,\"dirty_bytes\":%" PRIu64
+           ",\"syncs\":%" PRIu64 ",\"synced_marks\":%" PRIu64 "}",
+           ds.enabled ? "true" : "false", ds.tracking ? "true" : "false",
+           ds.failed ? "true" : "false", ds.nr_checkpoints,
+           ds.active_dirty_bytes, ds.syncs, ds.marks_synced);
+  if (ds.warning[0]) {
+    const char *p;
+    fputs (",\"warning\":\"", fp);
+    for (p = ds.warning; *p; ++p)
+      if (*p != '"' && *p != '\\' && (unsigned char) *p >= 32)
+        fputc (*p, fp);
+    fputc ('"', fp);
+  }
+  if (read_cbw_status (&cs) == 0 && cs.json[0] == '{')
+    fprintf (fp, ",\"cbw\":%s", cs.json);
+  else
+    fputs (",\"cbw\":null", fp);
+}

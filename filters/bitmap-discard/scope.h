@@ -1,0 +1,67 @@
+/* nbdkit-fleece: bitmap-discard filter, snapshot scope and writer gate.
+ * SPDX-License-Identifier: BSD-3-Clause
+ */
+
+#ifndef NBDKIT_BITMAP_DISCARD_SCOPE_H
+#define NBDKIT_BITMAP_DISCARD_SCOPE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <nbdkit-filter.h>
+
+/* Parameters, set in .config and never changed after. */
+extern uint32_t bd_granularity;   /* bitmap-granularity, bytes */
+extern bool bd_discard_on_read;   /* bitmap-discard-on-read */
+extern bool bd_have_control;      /* bitmap-control was given */
+
+/* Set up for a disk of size bytes; backend opens contexts below. */
+extern int scope_init (nbdkit_backend *backend, uint64_t size)
+  __attribute__ ((__nonnull__ (1)));
+/* Close the holder context, if any (nbdkit is shutting down). */
+extern void scope_cleanup (void);
+extern void scope_free (void);
+
+/* Writer gate: every write, zero and trim on the writer export runs
+ * between gate_begin and gate_end; the snapshot step holds new ones
+ * and waits for those in flight.
+ */
+extern void gate_begin (void);
+extern void gate_end (void);
+
+/* A client context on the "snapshot" export opens / closes.  Open
+ * fails (with an error logged) when there is no snapshot to join.
+ */
+extern int scope_client_open (void);
+extern void scope_client_close (void);
+
+/* Client data calls on the "snapshot" export. */
+extern int scope_pread (nbdkit_next *next, void *buf, uint32_t count,
+                        uint64_t offset, uint32_t flags, int *err)
+  __attribute__ ((__nonnull__ (1, 2, 6)));
+extern int scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
+                       uint32_t flags, int *err)
+  __attribute__ ((__nonnull__ (1, 5)));
+extern int scope_extents (nbdkit_next *next, uint32_t count,
+                          uint64_t offset, uint32_t flags,
+                          struct nbdkit_extents *extents, int *err)
+  __attribute__ ((__nonnull__ (1, 5, 6)));
+
+/* Control commands.  The caller serializes them.  Each prints the rest
+ * of a JSON reply object (",\"key\":value...") to fp on success, or
+ * returns -1 with a message in err.
+ */
+extern int scope_snapshot (const char *since, const char *checkpoint,
+                           FILE *fp, char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (3, 4)));
+extern int scope_release_snapshot (FILE *fp, char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (1, 2)));
+extern void scope_status (FILE *fp) __attribute__ ((__nonnull__ (1)));
+extern int scope_checkpoint (const char *name, char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (1, 2)));
+extern int scope_delete_checkpoint (const char *name, char *err,
+                                    size_t errlen)
+  __attribute__ ((__nonnull__ (1, 2)));
+
+#endif /* NBDKIT_BITMAP_DISCARD_SCOPE_H */

@@ -1,0 +1,110 @@
+# nbdkit-fleece: helpers for the bitmap-discard tests (sourced).
+# SPDX-License-Identifier: BSD-3-Clause
+
+# ctl SOCKET COMMAND...: send each COMMAND on the control socket, print
+# each reply line.
+ctl ()
+{
+    python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+for c in sys.argv[2:]:
+    f.write(c + "\n")
+    f.flush()
+    print(f.readline().rstrip("\n"))
+' "$@"
+}
+
+# ctl_ok SOCKET COMMAND: send COMMAND, fail unless the reply is ok.
+# The reply is left in $reply.
+ctl_ok ()
+{
+    reply="$(ctl "$1" "$2")"
+    echo "$2 -> $reply"
+    case "$reply" in
+        '{"ok":true'*) ;;
+        *) echo "$0: control command failed: $2: $reply" >&2; return 1 ;;
+    esac
+}
+
+# ctl_err SOCKET COMMAND: send COMMAND, fail unless it is refused.
+ctl_err ()
+{
+    reply="$(ctl "$1" "$2")"
+    echo "$2 -> $reply"
+    case "$reply" in
+        '{"ok":false,"error":'*) ;;
+        *) echo "$0: control command should fail: $2: $reply" >&2; return 1 ;;
+    esac
+}
+
+# json_get KEY: print KEY of the JSON object in $reply.
+json_get ()
+{
+    python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' \
+            "$reply" "$1"
+}
+
+# wait_for FILE: wait (up to 60 s) until FILE exists.
+wait_for ()
+{
+    local i
+    for i in $(seq 1 600); do
+        [ -e "$1" ] && return 0
+        sleep 0.1
+    done
+    echo "$0: timed out waiting for $1" >&2
+    return 1
+}
+
+# only_in_scope IMAGE URI: every cluster that the top layer of the
+# qcow2 IMAGE holds lies where URI (the snapshot export, before it is
+# released) reported in-scope extents; out-of-scope ranges were left
+# to the backing file.
+only_in_scope ()
+{
+    qemu-img map -f qcow2 --output=json "$1" > "$1.map"
+    nbdinfo --map --json "$2" > "$1.scope"
+    python3 - "$1.map" "$1.scope" <<'PYEOF'
+import json, sys
+top = [(e["start"], e["start"] + e["length"])
+       for e in json.load(open(sys.argv[1])) if e["depth"] == 0 and
+       (e["data"] or e["zero"])]
+out = [(e["offset"], e["offset"] + e["length"])
+       for e in json.load(open(sys.argv[2])) if e["type"] == 1]
+bad = [(a, b, c, d) for (a, b) in top for (c, d) in out if a < d and c < b]
+if bad:
+    print("written outside the scope:", bad[:5])
+    sys.exit(1)
+print("top layer: %d bytes, all in scope" % sum(b - a for a, b in top))
+PYEOF
+}
+
+# stop_stack DIR: stop, in this order, the writer (DIR/w/stop), the
+# nbdkit under test (DIR/bd.pid) and the live disk (DIR/live.pid):
+# a server whose disk went away first would hang on its requests.
+# Register it with cleanup_fn before starting anything.
+stop_stack ()
+{
+    local d="$1"
+    if [ -d "$d/w" ]; then
+        touch "$d/w/stop"
+        sleep 0.5
+    fi
+    [ -s "$d/bd.pid" ] && kill_pid "$(cat "$d/bd.pid")"
+    [ -s "$d/live.pid" ] && kill_pid "$(cat "$d/live.pid")"
+    rm -rf "$d"
+}
+
+# ckpts: summarize the "checkpoints" reply in $reply, one word per
+# checkpoint: NAME:PARENT:STATE:DIRTY_BYTES:CHANGED_SINCE_BYTES.
+ckpts ()
+{
+    python3 -c '
+import json, sys
+print(" ".join("%(name)s:%(parent)s:%(state)s:%(dirty_bytes)d:"
+               "%(changed_since_bytes)d" % c
+               for c in json.loads(sys.argv[1])["checkpoints"]))' "$reply"
+}
