@@ -169,10 +169,7 @@ program_exists (const char *prog)
   return false;
 }
 
-/* Remove the image we created, unless it is to be kept.  Runs from
- * store_close, and at exit for the paths where nbdkit exits without
- * unloading filters (e.g. a failure after .get_ready).
- */
+/* Remove the image we created, unless it is to be kept. */
 static void
 remove_image (void)
 {
@@ -186,8 +183,6 @@ remove_image (void)
 int
 store_get_ready (void)
 {
-  int fd;
-
   if (store_uri)
     return 0;
 
@@ -203,6 +198,18 @@ store_get_ready (void)
                   "set cbw-qemu-img=PATH", qemu_img);
     return -1;
   }
+  return 0;
+}
+
+/* Reserve the image's name with O_EXCL, so that it is ours.  Done
+ * after nbdkit has forked and bound its sockets: from then on nbdkit
+ * either serves and unloads us at exit (store_close removes the
+ * image), or fails in store_open, which removes it itself.
+ */
+static int
+reserve_image (void)
+{
+  int fd;
 
   if (image) {
     fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -231,7 +238,6 @@ store_get_ready (void)
   }
   close (fd);
   created_image = true;
-  atexit (remove_image);
   nbdkit_debug ("cbw: fleece image %s", image);
   return 0;
 }
@@ -285,8 +291,8 @@ below_trim (void *opaque, uint32_t count, uint64_t offset, int *err)
   return nbdconn_trim (conn, count, offset, 0, err);
 }
 
-int
-store_open (uint64_t size, uint32_t cluster_size)
+static int
+open_store (uint64_t size, uint32_t cluster_size)
 {
   const struct ramcache_below below = {
     .pread = below_pread, .pwrite = below_pwrite, .trim = below_trim,
@@ -316,9 +322,9 @@ store_open (uint64_t size, uint32_t cluster_size)
 
     snprintf (opts, sizeof opts, "cluster_size=%" PRIu32, qcow2_cluster);
     snprintf (sizestr, sizeof sizestr, "%" PRIu64, size);
-    if (run_command (img_argv) == -1)
-      return -1;
-    if (nbdconn_connect_argv (conn, nbd_argv) == -1)
+    if (reserve_image () == -1 ||
+        run_command (img_argv) == -1 ||
+        nbdconn_connect_argv (conn, nbd_argv) == -1)
       return -1;
   }
 
@@ -350,6 +356,17 @@ store_open (uint64_t size, uint32_t cluster_size)
       return -1;
     nbdkit_debug ("cbw: RAM tier of %" PRIu64 " bytes in front of the "
                   "fleece store", ram_limit);
+  }
+  return 0;
+}
+
+int
+store_open (uint64_t size, uint32_t cluster_size)
+{
+  if (open_store (size, cluster_size) == -1) {
+    /* nbdkit will exit: leave no image behind. */
+    remove_image ();
+    return -1;
   }
   return 0;
 }

@@ -27,12 +27,12 @@ extern int store_config (const char *key, const char *value)
 /* Cross-checks after all parameters are known. */
 extern int store_config_complete (void);
 
-/* Before nbdkit forks: find the programs and reserve the image file
- * name (O_EXCL), so that every error is reported before serving.
+/* Before nbdkit forks: check that the programs exist, so that a
+ * missing qemu-nbd is reported before serving.
  */
 extern int store_get_ready (void);
 
-/* After the fork: create the qcow2 of SIZE bytes with qcow2 clusters
+/* After the fork: reserve the image name (O_EXCL), create the qcow2 of SIZE bytes with qcow2 clusters
  * of CLUSTER_SIZE (clamped to what qcow2 allows), start qemu-nbd on it
  * and connect; or connect to cbw-store.
  */
