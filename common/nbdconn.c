@@ -101,6 +101,14 @@ nbdconn_new (const char *what)
     nbdkit_error ("%s: nbd_create: %s", what, nbd_get_error ());
     goto err;
   }
+  /* Buffers are only used after a successful read, which fills them:
+   * libnbd need not zero them first.
+   */
+  if (nbd_set_pread_initialize (c->h, false) == -1) {
+    nbdkit_error ("%s: nbd_set_pread_initialize: %s", what,
+                  nbd_get_error ());
+    goto err;
+  }
   if (nbd_add_meta_context (c->h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
     nbdkit_error ("%s: nbd_add_meta_context: %s", what, nbd_get_error ());
     goto err;

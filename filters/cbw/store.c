@@ -11,13 +11,16 @@
  * $TMPDIR) and serves it with a qemu-nbd child started by libnbd via
  * systemd socket activation:
  *
- *   qemu-nbd -f qcow2 --discard=unmap --detect-zeroes=unmap
- *            --cache=unsafe FILE
+ *   qemu-nbd --image-opts --discard=unmap --detect-zeroes=unmap
+ *            --cache=unsafe driver=qcow2,file.filename=FILE,l2-cache-size=4M
  *
  * --discard=unmap makes our TRIMs free space in the file;
  * --detect-zeroes=unmap stores zero clusters without data;
  * --cache=unsafe because the store is scratch space: it is worthless
- * after a crash (the snapshot is gone), so flushing it buys nothing.
+ * after a crash (the snapshot is gone), so flushing it buys nothing;
+ * l2-cache-size=4M because qemu's default L2 cache grows with the
+ * disk's size (tens of MiB at 1 TiB) and ours is a scratch image read
+ * mostly once.
  *
  * qemu-nbd locks the image, so there is exactly one connection, shared
  * by all threads (common/nbdconn.c).  qemu-nbd exits when that
@@ -53,6 +56,7 @@
 #include <libnbd.h>
 #include <nbdkit-filter.h>
 
+#include "cleanup.h"
 #include "nbdconn.h"
 #include "ramcache-engine.h"
 #include "rounding.h"
@@ -242,6 +246,31 @@ reserve_image (void)
   return 0;
 }
 
+/* qemu's --image-opts string for the qcow2 at PATH.  A comma in an
+ * option value is written twice.
+ */
+static char *
+image_options (const char *path)
+{
+  const char *prefix = "driver=qcow2,file.filename=";
+  const char *suffix = ",l2-cache-size=4M";
+  char *ret, *p;
+
+  ret = malloc (strlen (prefix) + 2 * strlen (path) + strlen (suffix) + 1);
+  if (ret == NULL) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  p = stpcpy (ret, prefix);
+  for (; *path; path++) {
+    if (*path == ',')
+      *p++ = ',';
+    *p++ = *path;
+  }
+  strcpy (p, suffix);
+  return ret;
+}
+
 /* Run ARGV, wait for it, and fail unless it exits with 0. */
 static int
 run_command (char **argv)
@@ -310,17 +339,22 @@ open_store (uint64_t size, uint32_t cluster_size)
   }
   else {
     char opts[64], sizestr[32];
+    CLEANUP_FREE char *image_opts = NULL;
     /* qcow2 clusters are 512 bytes to 2 MiB.  Matching our cluster
      * size lets a TRIM of one cluster free its space.
      */
     uint32_t qcow2_cluster = MIN (MAX (cluster_size, 512u), 2u << 20);
     char *img_argv[] = { (char *) qemu_img, "create", "-q", "-f", "qcow2",
                          "-o", opts, image, sizestr, NULL };
-    char *nbd_argv[] = { (char *) qemu_nbd, "-f", "qcow2",
+    char *nbd_argv[] = { (char *) qemu_nbd, "--image-opts",
                          "--discard=unmap", "--detect-zeroes=unmap",
-                         "--cache=unsafe", image, NULL };
+                         "--cache=unsafe", NULL, NULL };
 
     snprintf (opts, sizeof opts, "cluster_size=%" PRIu32, qcow2_cluster);
+    image_opts = image_options (image);
+    if (image_opts == NULL)
+      return -1;
+    nbd_argv[5] = image_opts;
     snprintf (sizestr, sizeof sizestr, "%" PRIu64, size);
     if (reserve_image () == -1 ||
         run_command (img_argv) == -1 ||
