@@ -1,0 +1,552 @@
+#!/usr/bin/env bash
+# nbdkit-fleece benchmarks
+# SPDX-License-Identifier: BSD-3-Clause
+#
+# bench/run.sh [--quick | --smoke] [--runs N] [--size SIZE] [--ram SIZE]
+#              [--no-qemu] [--no-1t]
+#
+# Builds what it needs, runs every contender interleaved run by run
+# (A B C ... A B C ...), and prints a markdown table of medians with
+# the goals of issue 5.  Raw results go to bench/results/<timestamp>/
+# (or $BENCH_RESULTS).  See bench/README.md.
+#
+# Environment:
+#   BENCH_BUILDDIR  a configured build tree to use (default: configure
+#                   and build one in ${TMPDIR:-/tmp}/nbdkit-fleece-bench-build)
+#   BENCH_RESULTS   where to keep raw results
+#   BENCH_NO_BUILD  set: do not run make (the tree is built already)
+#   BENCH_TMPDIR    where sockets and fleece images go (default $TMPDIR
+#                   or /tmp); the same file system for every contender
+
+set -euo pipefail
+
+srcdir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# ---------------------------------------------------------------------
+# Settings.
+
+profile=default
+runs=
+size=
+ram=
+with_qemu=1
+with_1t=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) profile=quick; shift ;;
+        --smoke) profile=smoke; shift ;;
+        --runs) runs="$2"; shift 2 ;;
+        --runs=*) runs="${1#--runs=}"; shift ;;
+        --size) size="$2"; shift 2 ;;
+        --size=*) size="${1#--size=}"; shift ;;
+        --ram) ram="$2"; shift 2 ;;
+        --ram=*) ram="${1#--ram=}"; shift ;;
+        --no-qemu) with_qemu=0; shift ;;
+        --no-1t) with_1t=0; shift ;;
+        -h|--help)
+            sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+            exit 0 ;;
+        *) echo "run.sh: unknown option: $1" >&2; exit 1 ;;
+    esac
+done
+
+case "$profile" in
+    default) : "${runs:=3}" "${size:=1G}" ;    rss_load=2000 ;;
+    quick)   : "${runs:=1}" "${size:=256M}" ;  rss_load=500 ;;
+    smoke)   : "${runs:=1}" "${size:=16M}" ;   rss_load=50 ;;
+esac
+
+# Size in bytes.
+to_bytes ()
+{
+    local v="$1" n
+    n="${v%[KkMmGgTt]}"
+    case "$v" in
+        *[Kk]) echo $((n << 10)) ;;
+        *[Mm]) echo $((n << 20)) ;;
+        *[Gg]) echo $((n << 30)) ;;
+        *[Tt]) echo $((n << 40)) ;;
+        *) echo "$v" ;;
+    esac
+}
+size_bytes="$(to_bytes "$size")"
+: "${ram:=$((size_bytes / 2))}"
+ram_bytes="$(to_bytes "$ram")"
+if [ $((size_bytes % (1 << 20))) -ne 0 ] || [ "$size_bytes" -lt $((4 << 20)) ]
+then
+    echo "run.sh: --size must be a multiple of 1M, at least 4M" >&2
+    exit 1
+fi
+
+# ---------------------------------------------------------------------
+# Build.
+
+log () { echo "bench: [$(date +%T.%N | cut -c1-12)] $*" >&2; }
+
+builddir="${BENCH_BUILDDIR:-}"
+if [ -z "$builddir" ]; then
+    builddir="${TMPDIR:-/tmp}/nbdkit-fleece-bench-build"
+    if ! [ -f "$builddir/Makefile" ]; then
+        log "configuring in $builddir"
+        mkdir -p "$builddir"
+        if ! [ -x "$srcdir/configure" ]; then
+            (cd "$srcdir" && autoreconf -fi)
+        fi
+        (cd "$builddir" && "$srcdir/configure" -q)
+    fi
+fi
+builddir="$(cd "$builddir" && pwd)"
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+    log "building in $builddir"
+    make -C "$builddir" -j"$(nproc)" >"$builddir/bench-make.log" 2>&1 || {
+        tail -30 "$builddir/bench-make.log" >&2
+        echo "run.sh: build failed" >&2
+        exit 1
+    }
+fi
+
+LOAD="$builddir/bench/nbd-load"
+FLEECE="$builddir/plugins/fleece/.libs/nbdkit-fleece-plugin.so"
+CBW="$builddir/filters/cbw/.libs/nbdkit-cbw-filter.so"
+BITMAP_DISCARD="$builddir/filters/bitmap-discard/.libs/nbdkit-bitmap-discard-filter.so"
+for f in "$LOAD" "$FLEECE" "$CBW"; do
+    [ -e "$f" ] || { echo "run.sh: missing after build: $f" >&2; exit 1; }
+done
+
+ts="$(date -u +%Y%m%d-%H%M%S)"
+results="${BENCH_RESULTS:-$srcdir/bench/results/$ts}"
+mkdir -p "$results"
+results="$(cd "$results" && pwd)"
+work="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/fleece-bench.XXXXXX")"
+metrics="$results/metrics.jsonl"
+raw="$results/raw.log"
+notes="$results/notes.txt"
+: >"$metrics"; : >"$raw"; : >"$notes"
+
+# ---------------------------------------------------------------------
+# Process bookkeeping: every server we start is stopped by its pid.
+
+pids=()
+qsd_snapshot_export=
+holder_pid=
+cleanup ()
+{
+    local i
+    set +e
+    # Newest first: holders, then the stacks, then the live disk.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        stop_pid "${pids[$i]}"
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop_pid PID: SIGTERM, wait, then SIGKILL.
+stop_pid ()
+{
+    local p="$1" i
+    [ -n "$p" ] || return 0
+    kill "$p" 2>/dev/null || return 0
+    for i in $(seq 1 100); do
+        kill -0 "$p" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    log "pid $p ignored SIGTERM, killing it"
+    kill -9 "$p" 2>/dev/null || :
+}
+
+forget_pid ()
+{
+    local p="$1" i
+    for i in "${!pids[@]}"; do
+        [ "${pids[$i]}" = "$p" ] && unset 'pids[i]'
+    done
+    pids=("${pids[@]}")
+    return 0
+}
+
+# wait_for PIDFILE SOCK LOGFILE: wait for a daemon to be ready; print
+# its pid.  Fails if it does not come up within 30 s.
+wait_for ()
+{
+    local pidfile="$1" sock="$2" logf="$3" i
+    for i in $(seq 1 600); do
+        if [ -s "$pidfile" ] && [ -S "$sock" ]; then
+            cat "$pidfile"
+            return 0
+        fi
+        sleep 0.05
+    done
+    log "server did not start; its log:"
+    cat "$logf" >&2 || :
+    return 1
+}
+
+# start_nbdkit NAME ARGS...: daemonised nbdkit on $work/NAME.sock;
+# sets $server_pid (empty if it failed).
+start_nbdkit ()
+{
+    local name="$1"; shift
+    local sock="$work/$name.sock" pidf="$work/$name.pid"
+    local logf="$results/server-$name.log"
+    rm -f "$sock" "$pidf"
+    server_pid=
+    if ! nbdkit -U "$sock" -P "$pidf" "$@" >>"$logf" 2>&1; then
+        return 1
+    fi
+    server_pid="$(wait_for "$pidf" "$sock" "$logf")" || return 1
+    pids+=("$server_pid")
+}
+
+# start_qsd NAME ARGS...: daemonised qemu-storage-daemon serving NBD
+# on $work/NAME.sock; sets $server_pid.
+start_qsd ()
+{
+    local name="$1"; shift
+    local sock="$work/$name.sock" pidf="$work/$name.pid"
+    local logf="$results/server-$name.log"
+    rm -f "$sock" "$pidf"
+    server_pid=
+    if ! qemu-storage-daemon "$@" \
+         --nbd-server addr.type=unix,addr.path="$sock" \
+         --export type=nbd,id=writer,node-name=top,name=,writable=on \
+         ${qsd_snapshot_export:+--export type=nbd,id=snap,node-name=snap,name=snapshot,writable=on} \
+         --pidfile "$pidf" --daemonize >>"$logf" 2>&1; then
+        return 1
+    fi
+    server_pid="$(wait_for "$pidf" "$sock" "$logf")" || return 1
+    pids+=("$server_pid")
+}
+
+stop_server ()
+{
+    local p="$1"
+    stop_pid "$p"
+    forget_pid "$p"
+}
+
+# VmHWM of a process, in KiB.
+hwm ()
+{
+    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+# Pids of the direct children of a process (the qemu-nbd of cbw).
+children ()
+{
+    cat /proc/"$1"/task/*/children 2>/dev/null || :
+}
+
+uri ()
+{
+    echo "nbd+unix:///${2:-}?socket=$work/$1.sock"
+}
+
+# ---------------------------------------------------------------------
+# Recording.
+
+run_no=0
+
+# metric CONTENDER NAME VALUE
+metric ()
+{
+    printf '{"run":%d,"contender":"%s","metric":"%s","value":%s}\n' \
+        "$run_no" "$1" "$2" "$3" >>"$metrics"
+}
+
+note ()
+{
+    grep -qxF -- "$*" "$notes" || echo "$*" >>"$notes"
+}
+
+# load CONTENDER METRIC ARGS...: run nbd-load, record MiB/s and ops/s.
+load ()
+{
+    local c="$1" m="$2" out; shift 2
+    if ! out="$("$LOAD" "$@" --label="$c/$m" 2>>"$raw")"; then
+        echo "$out" >>"$raw"
+        log "$c $m: nbd-load failed (see $raw)"
+        note "$c: $m failed (see raw.log)"
+        return 0
+    fi
+    echo "$out" >>"$raw"
+    metric "$c" "$m" "$(jq_field "$out" mib_per_sec)"
+    metric "$c" "${m}_ops" "$(jq_field "$out" ops_per_sec)"
+}
+
+# jq_field JSON FIELD (numbers only; avoids needing jq).
+jq_field ()
+{
+    sed -n "s/.*\"$2\":\([0-9.e+-]*\).*/\1/p" <<<"$1"
+}
+
+# copy CONTENDER METRIC URI: nbdcopy to null:, record MiB/s.
+copy ()
+{
+    local c="$1" m="$2" u="$3" t0 t1
+    t0="$(date +%s.%N)"
+    if ! nbdcopy "$u" null: 2>>"$raw"; then
+        note "$c: $m (nbdcopy) failed"
+        return 0
+    fi
+    t1="$(date +%s.%N)"
+    echo "nbdcopy $c/$m $u: $t0 .. $t1" >>"$raw"
+    metric "$c" "$m" "$(awk -v b="$size_bytes" -v a="$t0" -v z="$t1" \
+        'BEGIN { printf "%.2f", b / (z - a) / 1048576 }')"
+}
+
+# du of a fleece image, in bytes (0 if absent).
+imgsize ()
+{
+    if [ -e "$1" ]; then du -B1 "$1" | cut -f1; else echo 0; fi
+}
+
+# hold URI: open a snapshot holder; sets $holder_pid.
+hold ()
+{
+    local f="$work/hold.out" i
+    : >"$f"
+    "$LOAD" hold "$1" >"$f" 2>>"$raw" &
+    holder_pid=$!
+    pids+=("$holder_pid")
+    for i in $(seq 1 600); do
+        grep -q ready "$f" && return 0
+        kill -0 "$holder_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "snapshot holder did not connect"
+    return 1
+}
+
+release ()
+{
+    stop_server "$holder_pid"
+    wait "$holder_pid" 2>/dev/null || :
+}
+
+# ---------------------------------------------------------------------
+# The live disk: nbdkit memory, filled once with pseudo-random data so
+# that CBW copies real data (not zero clusters).
+
+start_nbdkit live memory "$size_bytes"
+live_pid="$server_pid"
+LIVE="$(uri live)"
+"$LOAD" fill "$LIVE" --label=fill >>"$raw"
+
+# ---------------------------------------------------------------------
+# Contenders.  Each one is a function run once per run.
+
+cluster=65536
+writes ()   # CONTENDER URI SUFFIX: 4K and 64K passes
+{
+    load "$1" "w4k$3" write --block-size=4K --stride=$cluster --seed=$run_no "$2"
+    load "$1" "w64k$3" write --block-size=64K --stride=$cluster --seed=$run_no "$2"
+}
+
+c_direct ()
+{
+    writes direct "$LIVE" ""
+    copy direct copy "$LIVE"
+}
+
+# Our stack's command line.  $1 = variant (plain, ram, bd).
+ours_args ()
+{
+    local variant="$1" img="$2"
+    case "$variant" in
+        bd) echo "--filter=$BITMAP_DISCARD" ;;
+    esac
+    echo "--filter=$CBW" "$FLEECE" "live=$LIVE" "cbw-image=$img"
+    case "$variant" in
+        ram) echo "cbw-ram=$ram_bytes" ;;
+        bd) mkdir -p "$work/bitmaps"; echo "bitmap-dir=$work/bitmaps" ;;
+    esac
+}
+
+c_ours_nosnap ()
+{
+    local c=ours-nosnap img="$work/nosnap.qcow2"
+    rm -f "$img"
+    # shellcheck disable=SC2046
+    start_nbdkit ours $(ours_args plain "$img") || {
+        note "$c: server failed to start"; return 0; }
+    local p="$server_pid"
+    writes $c "$(uri ours)" ""
+    copy $c copy "$(uri ours)"
+    metric $c rss_kib "$(hwm "$p")"
+    stop_server "$p"
+}
+
+# Snapshot contender for our stack: two sessions (4K, then 64K), each
+# with a fresh server and a fresh snapshot.
+ours_snap ()
+{
+    local c="$1" variant="$2" img="$work/$1.qcow2" p ch
+    for bs in 4k 64k; do
+        rm -rf "$img" "$work/bitmaps"
+        # shellcheck disable=SC2046
+        if ! start_nbdkit ours $(ours_args "$variant" "$img"); then
+            if [ "$variant" = plain ]; then
+                note "$c: server failed to start"
+            else
+                note "$c: server refused to start (is $variant built and its parameter accepted?); skipped"
+            fi
+            return 0
+        fi
+        p="$server_pid"
+        hold "$(uri ours snapshot)" || { stop_server "$p"; note "$c: holder failed"; return 0; }
+        if [ $bs = 4k ]; then
+            copy "$c" copy_snap_clean "$(uri ours snapshot)"
+            load "$c" w4k_p1 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri ours)"
+            load "$c" w4k_p2 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri ours)"
+        else
+            load "$c" w64k_p1 write --block-size=64K --stride=$cluster --seed=$run_no "$(uri ours)"
+            load "$c" w64k_p2 write --block-size=64K --stride=$cluster --seed=$run_no "$(uri ours)"
+            metric "$c" img_after_write "$(imgsize "$img")"
+            "$LOAD" cat "$(uri ours cbw-status)" >>"$raw" 2>&1 || :
+            copy "$c" copy_snap "$(uri ours snapshot)"
+            load "$c" readtrim read-and-trim "$(uri ours snapshot)"
+            metric "$c" img_after_trim "$(imgsize "$img")"
+            "$LOAD" cat "$(uri ours cbw-status)" >>"$raw" 2>&1 || :
+            metric "$c" rss_kib "$(hwm "$p")"
+            ch=0
+            for q in $(children "$p"); do ch=$((ch + $(hwm "$q"))); done
+            metric "$c" rss_store_kib "$ch"
+        fi
+        release
+        stop_server "$p"
+    done
+}
+
+c_ours_snap () { ours_snap ours-snap plain; }
+c_ours_ram ()  { ours_snap ours-ram ram; }
+c_ours_bd ()   { ours_snap ours-bd bd; }
+
+# QEMU: qemu-storage-daemon with an nbd node on the live disk.
+qsd_live="driver=nbd,node-name=live,server.type=unix,server.path=$work/live.sock"
+
+c_qemu_nosnap ()
+{
+    local c=qemu-nosnap p
+    qsd_snapshot_export=
+    start_qsd qemu --blockdev "$qsd_live" \
+        --blockdev driver=raw,node-name=top,file=live || {
+        note "$c: qemu-storage-daemon failed to start"; return 0; }
+    p="$server_pid"
+    writes $c "$(uri qemu)" ""
+    copy $c copy "$(uri qemu)"
+    metric $c rss_kib "$(hwm "$p")"
+    stop_server "$p"
+}
+
+c_qemu_snap ()
+{
+    local c=qemu-snap img="$work/qemu.qcow2" p
+    for bs in 4k 64k; do
+        rm -f "$img"
+        qemu-img create -q -f qcow2 "$img" "$size_bytes"
+        qsd_snapshot_export=1
+        start_qsd qemu --blockdev "$qsd_live" \
+            --blockdev driver=file,node-name=tgtfile,filename="$img",discard=unmap \
+            --blockdev driver=qcow2,node-name=tgt,file=tgtfile,discard=unmap \
+            --blockdev driver=copy-before-write,node-name=top,file=live,target=tgt \
+            --blockdev driver=snapshot-access,node-name=snap,file=top,discard=unmap || {
+            note "$c: qemu-storage-daemon failed to start"; return 0; }
+        p="$server_pid"
+        if [ $bs = 4k ]; then
+            copy "$c" copy_snap_clean "$(uri qemu snapshot)"
+            load "$c" w4k_p1 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri qemu)"
+            load "$c" w4k_p2 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri qemu)"
+        else
+            load "$c" w64k_p1 write --block-size=64K --stride=$cluster --seed=$run_no "$(uri qemu)"
+            load "$c" w64k_p2 write --block-size=64K --stride=$cluster --seed=$run_no "$(uri qemu)"
+            metric "$c" img_after_write "$(imgsize "$img")"
+            copy "$c" copy_snap "$(uri qemu snapshot)"
+            # 1M chunks: cluster-aligned TRIMs (QEMU 7.2 aborts on
+            # unaligned ones).
+            load "$c" readtrim read-and-trim --block-size=1M "$(uri qemu snapshot)"
+            metric "$c" img_after_trim "$(imgsize "$img")"
+            metric "$c" rss_kib "$(hwm "$p")"
+        fi
+        stop_server "$p"
+    done
+    qsd_snapshot_export=
+}
+
+# cbw-ram is cbw's own parameter: if cbw refuses it, ours_ram notes
+# the skip itself.
+contenders=(direct ours_nosnap ours_snap ours_ram)
+if [ -e "$BITMAP_DISCARD" ]; then
+    contenders+=(ours_bd)
+else
+    note "ours-bd: filters/bitmap-discard not built yet; skipped"
+fi
+if [ $with_qemu = 1 ]; then
+    if command -v qemu-storage-daemon >/dev/null 2>&1; then
+        contenders+=(qemu_nosnap qemu_snap)
+    else
+        note "qemu: qemu-storage-daemon not installed (Debian package qemu-system-common); skipped"
+    fi
+fi
+
+log "profile $profile: size $size, $runs run(s), contenders: ${contenders[*]}"
+log "results in $results"
+t_start="$(date +%s)"
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+for run_no in $(seq 1 "$runs"); do
+    for c in "${contenders[@]}"; do
+        log "run $run_no: $c"
+        "c_$c"
+    done
+done
+
+# ---------------------------------------------------------------------
+# RSS of our stack at 1 TiB of virtual size, no ramcache, a snapshot
+# open and a little load.
+
+if [ $with_1t = 1 ]; then
+    run_no=1
+    log "RSS at 1 TiB"
+    c=ours-1t
+    if start_nbdkit live1t memory 1T; then
+        lp="$server_pid"
+        L1="$(uri live1t)"
+        img="$work/1t.qcow2"
+        if start_nbdkit ours1t --filter="$CBW" "$FLEECE" "live=$L1" "cbw-image=$img"; then
+            p="$server_pid"
+            load $c w64k_before write --count="$rss_load" --block-size=64K "$(uri ours1t)" || :
+            hold "$(uri ours1t snapshot)" && {
+                load $c w64k_p1 write --count="$rss_load" --block-size=64K "$(uri ours1t)" || :
+                load $c w4k_p1 write --count="$rss_load" --block-size=4K --seed=7 "$(uri ours1t)" || :
+                load $c read read --size=256M "$(uri ours1t snapshot)" || :
+                "$LOAD" cat "$(uri ours1t cbw-status)" >>"$raw" 2>&1 || :
+                metric $c rss_kib "$(hwm "$p")"
+                ch=0
+                for q in $(children "$p"); do ch=$((ch + $(hwm "$q"))); done
+                metric $c rss_store_kib "$ch"
+                release
+            }
+            stop_server "$p"
+        else
+            note "$c: our stack failed to start on a 1 TiB disk"
+        fi
+        stop_server "$lp"
+    fi
+fi
+
+stop_server "$live_pid"
+t_end="$(date +%s)"
+
+# ---------------------------------------------------------------------
+# The table.
+
+{
+    echo "machine=$(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+    echo "profile=$profile size=$size runs=$runs ram=$ram_bytes elapsed=$((t_end - t_start))s"
+    echo "load average (1, 5, 15 min)=at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the numbers)"
+    echo "versions=nbdkit $(nbdkit --version | awk '{print $2}'), libnbd $(nbdcopy --version | awk '/libnbd/ {print $2}'), $(qemu-storage-daemon --version 2>/dev/null | head -1 || echo 'no qemu-storage-daemon')"
+} >"$results/machine.txt"
+
+/usr/bin/python3 "$srcdir/bench/summarize.py" "$results" | tee "$results/table.md"
+log "raw results: $results"
