@@ -419,6 +419,40 @@ ours_snap ()
     done
 }
 
+# A deliberately slow fleece store: nbdkit memory behind the delay
+# filter (each write to it takes 10 ms more), given to cbw as
+# cbw-store.  64K first writes only, with and without the RAM tier:
+# what cbw-ram is for.
+ours_slow ()
+{
+    local c="$1" s p
+    shift
+    start_nbdkit slowstore --filter=delay memory "$size_bytes" \
+                 delay-write=10ms || {
+        note "$c: the slow store failed to start"; return 0; }
+    s="$server_pid"
+    if ! start_nbdkit ours --filter="$CBW" "$FLEECE" "live=$LIVE" \
+         "cbw-store=$(uri slowstore)" "$@"; then
+        stop_server "$s"
+        note "$c: server refused to start; skipped"
+        return 0
+    fi
+    p="$server_pid"
+    if hold "$(uri ours snapshot)"; then
+        load "$c" w64k_p1 write --block-size=64K --stride=$cluster \
+             --seed=$run_no "$(uri ours)"
+        "$LOAD" cat "$(uri ours cbw-status)" >>"$raw" 2>&1 || :
+        release
+    else
+        note "$c: holder failed"
+    fi
+    stop_server "$p"
+    stop_server "$s"
+}
+
+c_ours_slow ()    { ours_slow ours-slow; }
+c_ours_slowram () { ours_slow ours-slowram "cbw-ram=$ram_bytes"; }
+
 c_ours_snap () { ours_snap ours-snap plain; }
 c_ours_ram ()  { ours_snap ours-ram ram; }
 c_ours_bd ()   { ours_snap ours-bd bd; }
@@ -476,7 +510,7 @@ c_qemu_snap ()
 
 # cbw-ram is cbw's own parameter: if cbw refuses it, ours_ram notes
 # the skip itself.
-contenders=(direct ours_nosnap ours_snap ours_ram)
+contenders=(direct ours_nosnap ours_snap ours_ram ours_slow ours_slowram)
 if [ -e "$BITMAP_DISCARD" ]; then
     contenders+=(ours_bd)
 else

@@ -32,6 +32,8 @@ CONTENDERS = [
     ("ours-snap", "ours, snapshot"),
     ("ours-ram", "ours + cbw-ram"),
     ("ours-bd", "ours + bitmap-discard"),
+    ("ours-slow", "ours, slow store (+10 ms/write)"),
+    ("ours-slowram", "ours + cbw-ram, slow store"),
     ("qemu-nosnap", "QEMU, no CBW"),
     ("qemu-snap", "QEMU CBW + snapshot-access"),
 ]
@@ -182,6 +184,8 @@ info = [
     ("ours first write / direct, 64K", ratio(("ours-snap", "w64k_p1"), ("direct", "w64k"))),
     ("ours second pass / qemu second pass, 4K", ratio(("ours-snap", "w4k_p2"), ("qemu-snap", "w4k_p2"))),
     ("ours second pass / qemu second pass, 64K", ratio(("ours-snap", "w64k_p2"), ("qemu-snap", "w64k_p2"))),
+    ("cbw-ram / none, first write 64K, qcow2 store", ratio(("ours-ram", "w64k_p1"), ("ours-snap", "w64k_p1"))),
+    ("cbw-ram / none, first write 64K, slow store", ratio(("ours-slowram", "w64k_p1"), ("ours-slow", "w64k_p1"))),
     ("ours-bd first write / ours-snap first write, 64K", ratio(("ours-bd", "w64k_p1"), ("ours-snap", "w64k_p1"))),
     ("ours nbdcopy snapshot after writes / QEMU's", ratio(("ours-snap", "copy_snap"), ("qemu-snap", "copy_snap"))),
     ("ours read+TRIM / QEMU's", ratio(("ours-snap", "readtrim"), ("qemu-snap", "readtrim"))),

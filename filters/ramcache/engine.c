@@ -118,8 +118,12 @@
 /* Most blocks one write below may cover, in bytes. */
 #define WB_MAX_BYTES (2 * 1024 * 1024)
 
-/* Most background writers. */
-#define MAX_WRITERS 4
+/* Most background writers.  Writes below run in parallel: over a slow
+ * store with scattered dirty blocks (little to coalesce), the number
+ * of writers is the write-back's queue depth, so it should not fall
+ * far below the queue depth of the clients filling the tier.
+ */
+#define MAX_WRITERS 16
 
 /* How long writers wait before retrying after a failed write below. */
 #define RETRY_NSEC (100 * 1000 * 1000)
@@ -737,7 +741,10 @@ ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
   /* Share the limit out (see "Memory" above). */
   per_block = block_size + BLOCK_OVERHEAD;
   nominal = limit_bytes / per_block;
-  rc->nr_writers = nominal >= 64 ? MAX_WRITERS : nominal >= 16 ? 2 : 1;
+  /* One writer per 16 blocks of tier, so the writers' buffers (at
+   * least one block each) stay within 1/16 of the limit.
+   */
+  rc->nr_writers = MIN (MAX (nominal / 16, 1u), (uint64_t) MAX_WRITERS);
   rc->wb_max_blocks = nominal / 16 / rc->nr_writers;
   rc->wb_max_blocks = MIN (rc->wb_max_blocks,
                            MAX (1u, WB_MAX_BYTES / block_size));
