@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# nbdkit-fleece: helpers for the cbw tests (not a test: the
+# test-cbw-*.sh scripts source it after functions.sh).
+# SPDX-License-Identifier: BSD-3-Clause
+#
+#   cbw_requires            skip unless the stack and its tools work
+#   tmp                     a private directory, removed at exit
+#   start_live SIZE [FILE]  the live disk (memory, or file FILE)
+#                           -> $live_sock $live_uri $live_pid
+#   start_cbw ARGS...       nbdkit --filter=cbw fleece live=$live_uri ARGS
+#                           -> $sock $writer_uri $snap_uri $status_uri
+#                              $cbw_pid (a cbw-image in $tmp by default,
+#                              none with cbw_default_image=1)
+#   cbw_status              print the cbw-status JSON line
+#   status_field NAME       print one field of it
+#   wait_status NAME VALUE  wait (at most 60 s) until the field is VALUE
+#   allocated FILE          bytes allocated to FILE (st_blocks * 512)
+#   hold_snapshot [URI]     a background client keeps "snapshot" open
+#                           (so the PIT stays) until release_snapshot;
+#                           waits until its connection is up
+#   release_snapshot        close it (cleanly) and wait for it
+
+cbw_requires ()
+{
+    requires nbdkit --filter="$CBW_FILTER" "$FLEECE_PLUGIN" --version
+    requires_program qemu-img
+    requires_program qemu-nbd
+    requires_program nbdsh
+    requires_nbd_python
+}
+
+# Servers and clients started here, stopped (cleanly: SIGTERM, and
+# wait) at exit before anything else is cleaned up.
+_cbw_pids=()
+_cbw_stop_all ()
+{
+    local IFS=$' \t\n' i
+    # Newest first: clients, then cbw, then the live disk.
+    for ((i = ${#_cbw_pids[@]} - 1; i >= 0; i--)); do
+        kill_pid "${_cbw_pids[$i]}"
+    done
+}
+cleanup_fn _cbw_stop_all
+
+tmp="$(mktemp -d /tmp/fleece-test.XXXXXX)"
+cleanup_fn rm -rf "$tmp"
+
+start_live ()
+{
+    live_sock="$tmp/live.sock"
+    live_uri="nbd+unix:///?socket=$live_sock"
+    rm -f "$live_sock"
+    start_live_disk "$live_sock" "$tmp/live.pid" "$1" "$2"
+    live_pid="$pid"
+    _cbw_pids+=("$pid")
+}
+
+start_cbw ()
+{
+    local image=cbw-image="$tmp/fleece.qcow2" a
+    for a in "$@"; do
+        case "$a" in cbw-image=*|cbw-store=*) image= ;; esac
+    done
+    # cbw_default_image=1: let cbw pick its default image file.
+    [ -z "$cbw_default_image" ] || image=
+    sock="$tmp/cbw.sock"
+    writer_uri="nbd+unix:///?socket=$sock"
+    snap_uri="nbd+unix:///snapshot?socket=$sock"
+    status_uri="nbd+unix:///cbw-status?socket=$sock"
+    rm -f "$sock"
+    start_nbdkit -P "$tmp/cbw.pid" -U "$sock" \
+                 --filter="$CBW_FILTER" "$FLEECE_PLUGIN" live="$live_uri" \
+                 $image "$@"
+    cbw_pid="$pid"
+    _cbw_pids+=("$pid")
+}
+
+cbw_status ()
+{
+    timeout 60 nbdsh -u "$status_uri" \
+            -c 'print(h.pread(h.get_size(), 0).decode().strip())'
+}
+
+status_field ()
+{
+    cbw_status |
+        python3 -c 'import json, sys
+v = json.load(sys.stdin)[sys.argv[1]]
+print(json.dumps(v))' "$1"
+}
+
+wait_status ()
+{
+    local i
+    for i in $(seq 1 600); do
+        [ "$(status_field "$1")" = "$2" ] && return 0
+        sleep 0.1
+    done
+    echo "$0: cbw-status $1 did not become $2: $(cbw_status)" >&2
+    return 1
+}
+
+allocated ()
+{
+    echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") ))
+}
+
+hold_snapshot ()
+{
+    local uri="${1:-$snap_uri}" i
+    rm -f "$tmp/hold.fifo" "$tmp/hold.up"
+    mkfifo "$tmp/hold.fifo"
+    # nbdsh connects, says so, and waits for EOF on its stdin.
+    timeout 300 nbdsh -u "$uri" \
+            -c "open('$tmp/hold.up', 'w').close()" \
+            -c 'import sys; sys.stdin.read()' <"$tmp/hold.fifo" &
+    hold_pid=$!
+    _cbw_pids+=("$hold_pid")
+    exec {hold_fd}>"$tmp/hold.fifo"
+    for i in $(seq 1 600); do
+        [ -e "$tmp/hold.up" ] && return 0
+        kill -0 "$hold_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$0: hold_snapshot: the holder did not connect" >&2
+    return 1
+}
+
+release_snapshot ()
+{
+    exec {hold_fd}>&-
+    wait "$hold_pid"
+}
