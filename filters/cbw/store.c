@@ -35,12 +35,13 @@
  * NBD connection directly.
  *
  * Files: cbw never overwrites a file it did not create.  The name is
- * reserved with O_CREAT|O_EXCL before nbdkit forks, and only a file we
+ * reserved with O_CREAT|O_EXCL once nbdkit has forked, and only a file we
  * created is removed at exit (unless cbw-keep-image=true).
  */
 
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -58,6 +59,7 @@
 
 #include "cleanup.h"
 #include "nbdconn.h"
+#include "params.h"
 #include "ramcache-engine.h"
 #include "rounding.h"
 #include "store.h"
@@ -89,8 +91,6 @@ static struct ramcache *ram;
 int
 store_config (const char *key, const char *value)
 {
-  int r;
-
   if (strcmp (key, "cbw-image") == 0) {
     free (image);
     image = nbdkit_absolute_path (value);
@@ -103,16 +103,14 @@ store_config (const char *key, const char *value)
     return 1;
   }
   if (strcmp (key, "cbw-keep-image") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
+    if (param_bool ("cbw", key, value, &keep_image) == -1)
       return -1;
-    keep_image = r;
     return 1;
   }
   if (strcmp (key, "cbw-ram") == 0) {
-    int64_t n = nbdkit_parse_size (value);
+    int64_t n;
 
-    if (n == -1)
+    if (param_size ("cbw", key, value, &n) == -1)
       return -1;
     ram_limit = n;
     return 1;
@@ -320,6 +318,37 @@ below_trim (void *opaque, uint32_t count, uint64_t offset, int *err)
   return nbdconn_trim (conn, count, offset, 0, err);
 }
 
+/* Create the qcow2 at 'image' (already reserved) and connect to a
+ * qemu-nbd serving it.
+ */
+static int
+start_qemu_nbd (uint64_t size, uint32_t cluster_size)
+{
+  char opts[64], sizestr[32];
+  CLEANUP_FREE char *image_opts = NULL;
+  /* qcow2 clusters are 512 bytes to 2 MiB.  Matching our cluster
+   * size lets a TRIM of one cluster free its space.
+   */
+  uint32_t qcow2_cluster = MIN (MAX (cluster_size, 512u), 2u << 20);
+  char *img_argv[] = { (char *) qemu_img, "create", "-q", "-f", "qcow2",
+                       "-o", opts, image, sizestr, NULL };
+  char *nbd_argv[] = { (char *) qemu_nbd, "--image-opts",
+                       "--discard=unmap", "--detect-zeroes=unmap",
+                       "--cache=unsafe", NULL, NULL };
+
+  assert (image != NULL);
+  snprintf (opts, sizeof opts, "cluster_size=%" PRIu32, qcow2_cluster);
+  snprintf (sizestr, sizeof sizestr, "%" PRIu64, size);
+  image_opts = image_options (image);
+  if (image_opts == NULL)
+    return -1;
+  nbd_argv[5] = image_opts;
+  if (run_command (img_argv) == -1 ||
+      nbdconn_connect_argv (conn, nbd_argv) == -1)
+    return -1;
+  return 0;
+}
+
 static int
 open_store (uint64_t size, uint32_t cluster_size)
 {
@@ -337,30 +366,9 @@ open_store (uint64_t size, uint32_t cluster_size)
     if (nbdconn_connect_uri (conn, store_uri) == -1)
       return -1;
   }
-  else {
-    char opts[64], sizestr[32];
-    CLEANUP_FREE char *image_opts = NULL;
-    /* qcow2 clusters are 512 bytes to 2 MiB.  Matching our cluster
-     * size lets a TRIM of one cluster free its space.
-     */
-    uint32_t qcow2_cluster = MIN (MAX (cluster_size, 512u), 2u << 20);
-    char *img_argv[] = { (char *) qemu_img, "create", "-q", "-f", "qcow2",
-                         "-o", opts, image, sizestr, NULL };
-    char *nbd_argv[] = { (char *) qemu_nbd, "--image-opts",
-                         "--discard=unmap", "--detect-zeroes=unmap",
-                         "--cache=unsafe", NULL, NULL };
-
-    snprintf (opts, sizeof opts, "cluster_size=%" PRIu32, qcow2_cluster);
-    image_opts = image_options (image);
-    if (image_opts == NULL)
-      return -1;
-    nbd_argv[5] = image_opts;
-    snprintf (sizestr, sizeof sizestr, "%" PRIu64, size);
-    if (reserve_image () == -1 ||
-        run_command (img_argv) == -1 ||
-        nbdconn_connect_argv (conn, nbd_argv) == -1)
-      return -1;
-  }
+  else if (reserve_image () == -1 ||
+           start_qemu_nbd (size, cluster_size) == -1)
+    return -1;
 
   store_size = nbd_get_size (nbdconn_handle (conn));
   if (store_size == -1) {
