@@ -47,7 +47,8 @@
  * and those in flight below drain ('writes_inflight' drops to 0); then
  * the clusters are set NEEDED and writes resume.  Each write is either
  * wholly before the PIT (it completed before) or wholly after (it went
- * through the copy-before-write).
+ * through the copy-before-write).  The drain drops the lock, so
+ * 'taking_pit' makes other openers wait for this PIT and share it.
  *
  * Ending: the state goes ENDING (writers stop claiming clusters), the
  * copies in flight finish, every cluster goes FREE, the store is
@@ -136,6 +137,7 @@ static bool stop_linger_thread;
  */
 static bool broken;
 
+static bool taking_pit;           /* take_pit_locked is draining writes */
 static unsigned hold_writes;      /* >0: snap_write_begin waits */
 static uint64_t writes_inflight;  /* writes between begin and end */
 static uint64_t copies_inflight;  /* clusters in state COPYING */
@@ -475,8 +477,12 @@ snap_write_end (void)
 static void
 take_pit_locked (void)
 {
-  assert (state == SNAP_NONE);
+  assert (state == SNAP_NONE && !taking_pit);
 
+  /* The wait below drops the lock: 'taking_pit' keeps other openers
+   * in snap_open from taking a second PIT meanwhile.
+   */
+  taking_pit = true;
   hold_writes++;
   while (writes_inflight > 0)
     pthread_cond_wait (&cond, &lock);
@@ -488,6 +494,7 @@ take_pit_locked (void)
   preserved_bytes = copied_bytes = released_bytes = cbw_failures = 0;
 
   hold_writes--;
+  taking_pit = false;
   pthread_cond_broadcast (&cond);
   nbdkit_debug ("cbw: snapshot %" PRIu64 " taken", generation);
 }
@@ -531,7 +538,10 @@ snap_open (void)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
-  while (state == SNAP_ENDING)
+  /* Wait for a snapshot that is ending, or for another opener that is
+   * taking the PIT: every context opened from here on shares it.
+   */
+  while (state == SNAP_ENDING || taking_pit)
     pthread_cond_wait (&cond, &lock);
   if (state == SNAP_NONE)
     take_pit_locked ();
