@@ -28,6 +28,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "params.h"
 #include "rounding.h"
 #include "control.h"
 #include "dirty.h"
@@ -83,9 +84,9 @@ bd_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return control_path ? 0 : -1;
   }
   if (strcmp (key, "bitmap-granularity") == 0) {
-    int64_t n = nbdkit_parse_size (value);
+    int64_t n;
 
-    if (n == -1)
+    if (param_size ("bitmap-discard", key, value, &n) == -1)
       return -1;
     if (n < 4096 || n > (INT64_C (1) << 30) || !is_power_of_2 (n)) {
       nbdkit_error ("bitmap-discard: bitmap-granularity=%s: must be a "
@@ -96,12 +97,7 @@ bd_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   if (strcmp (key, "bitmap-discard-on-read") == 0) {
-    int r = nbdkit_parse_bool (value);
-
-    if (r == -1)
-      return -1;
-    bd_discard_on_read = r;
-    return 0;
+    return param_bool ("bitmap-discard", key, value, &bd_discard_on_read);
   }
   return next (nxdata, key, value);
 }

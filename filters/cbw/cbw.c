@@ -27,6 +27,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "params.h"
 #include "rounding.h"
 #include "snap.h"
 #include "store.h"
@@ -77,9 +78,9 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   int r;
 
   if (strcmp (key, "cbw-cluster-size") == 0) {
-    int64_t n = nbdkit_parse_size (value);
+    int64_t n;
 
-    if (n == -1)
+    if (param_size ("cbw", key, value, &n) == -1)
       return -1;
     if (n < 4096 || n > (16 << 20) || !is_power_of_2 (n)) {
       nbdkit_error ("cbw: cbw-cluster-size=%s: must be a power of 2 "

@@ -26,6 +26,7 @@
 #include <nbdkit-filter.h>
 
 #include "cleanup.h"
+#include "params.h"
 #include "rounding.h"
 
 #include "ramcache-engine.h"
@@ -150,13 +151,10 @@ ramcache_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                         const char *key, const char *value)
 {
   if (strcmp (key, "ramcache-size") == 0) {
-    int64_t n = nbdkit_parse_size (value);
+    int64_t n;
 
-    if (n == -1) {
-      nbdkit_error ("ramcache: %s=%s: expected a size (e.g. 512M)",
-                    key, value);
+    if (param_size ("ramcache", key, value, &n) == -1)
       return -1;
-    }
     if (n == 0) {
       nbdkit_error ("ramcache: ramcache-size=%s: must be greater than 0",
                     value);
@@ -166,13 +164,10 @@ ramcache_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   if (strcmp (key, "ramcache-block-size") == 0) {
-    int64_t n = nbdkit_parse_size (value);
+    int64_t n;
 
-    if (n == -1) {
-      nbdkit_error ("ramcache: %s=%s: expected a size (e.g. 512M)",
-                    key, value);
+    if (param_size ("ramcache", key, value, &n) == -1)
       return -1;
-    }
     if (n < 4096 || n > (16 << 20) || !is_power_of_2 (n)) {
       nbdkit_error ("ramcache: ramcache-block-size=%s: must be a power of 2 "
                     "between 4K and 16M", value);
