@@ -40,8 +40,9 @@ packages=(
     # Run and test: the server, the NBD clients, nbdsh and the python
     # nbd module, qemu-img/qemu-nbd/qemu-io for the fleece image.
     nbdkit libnbd-bin python3-libnbd qemu-utils
-    # Used by the tests and scripts: timeout, cmp, hexdump.
-    coreutils diffutils bsdextrautils
+    # Used by the tests and scripts: timeout, cmp, hexdump; socat
+    # talks to the bitmap-discard control socket.
+    coreutils diffutils bsdextrautils socat
 )
 
 missing=()
