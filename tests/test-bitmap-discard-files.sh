@@ -187,3 +187,33 @@ start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test ! -e "$d/bm/c2.bitmap"
 test "$(ckpts)" = "c1::frozen:196608:262144 c3:c1:active:65536:65536"
+
+# Deleting c1, the oldest, rewrites its child c3, the active
+# checkpoint.  Changes made after that must be appended to the new c3
+# file and survive a kill -9.
+ctl_ok "$d/ctl" "delete-checkpoint c1"
+nbdsh -u "nbd+unix:///?socket=$d/sock" -c 'h.pwrite(b"5" * 4096, 20971520)'
+kill -9 "$(cat "$d/bd.pid")"
+rm -f "$d/bd.pid" "$d/sock"
+start_stack
+ctl_ok "$d/ctl" "checkpoints"
+test "$(ckpts)" = "c3::active:131072:131072"
+kill -9 "$(cat "$d/bd.pid")"
+rm -f "$d/bd.pid" "$d/sock"
+
+# A crash while deleting c2, after c2's changes were merged into c1
+# and c3 was re-parented to c1, but before c2.bitmap was unlinked:
+# two files then name c1 as their parent.  The next start completes
+# the delete.  (The state is made by a real delete, then putting back
+# c2.bitmap as it was marked "being deleted".)
+restore
+start_stack
+ctl_ok "$d/ctl" "delete-checkpoint c2"
+kill -9 "$(cat "$d/bd.pid")"
+rm -f "$d/bd.pid" "$d/sock"
+cp "$d/good/c2.bitmap" "$d/bm/c2.bitmap"
+set_state "$d/bm/c2.bitmap" 3
+start_stack
+ctl_ok "$d/ctl" "checkpoints"
+test ! -e "$d/bm/c2.bitmap"
+test "$(ckpts)" = "c1::frozen:196608:262144 c3:c1:active:65536:65536"

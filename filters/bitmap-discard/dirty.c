@@ -83,7 +83,9 @@
  *                files with logs; loading freezes the older one.
  *   delete X:    rewrite X with state "deleting"; OR X into its
  *                parent; re-parent X's child; unlink X.  Loading
- *                finishes any "deleting" file (all steps idempotent).
+ *                finishes any "deleting" file (all steps idempotent);
+ *                if X's child already names X's parent, only the
+ *                unlink was missing.
  *
  * Locking: 'lock' guards everything marked below.  The file is only
  * touched by the sync leader ('syncing' true, appending without the
@@ -613,6 +615,50 @@ find_ckpt (const char *name)
   return -1;
 }
 
+/* A delete that crashed after re-parenting the child of X but before
+ * unlinking X leaves two files naming X's parent as theirs.  X's bits
+ * were merged into its parent before the child was re-parented, so
+ * only the unlink is missing: do it.
+ */
+static int
+drop_finished_deletes (void)
+{
+  size_t i, j;
+
+  for (i = 0; i < nr_ckpts; ) {
+    bool finished = false;
+
+    if (ckpts[i].state == ST_DELETING)
+      for (j = 0; j < nr_ckpts; ++j)
+        if (j != i && ckpts[j].state != ST_DELETING &&
+            strcmp (ckpts[j].parent, ckpts[i].parent) == 0)
+          finished = true;
+    if (!finished) {
+      i++;
+      continue;
+    }
+    {
+      CLEANUP_FREE char *path = file_path (ckpts[i].name, "");
+
+      nbdkit_debug ("bitmap-discard: finishing the deletion of "
+                    "checkpoint %s (its child is re-parented already)",
+                    ckpts[i].name);
+      if (!path)
+        return -1;
+      if (unlink (path) == -1 && errno != ENOENT) {
+        nbdkit_error ("bitmap-discard: unlink: %s: %m", path);
+        return -1;
+      }
+      if (sync_dir () == -1)
+        return -1;
+    }
+    bitmap_free (&ckpts[i].bits);
+    memmove (&ckpts[i], &ckpts[i+1], (nr_ckpts - i - 1) * sizeof *ckpts);
+    nr_ckpts--;
+  }
+  return 0;
+}
+
 /* Order the loaded checkpoints into a chain by their parents. */
 static int
 order_chain (void)
@@ -756,6 +802,10 @@ dirty_open (const char *d, uint64_t size, uint32_t gran)
     nr_ckpts++;
   }
   closedir (dp);
+  if (drop_finished_deletes () == -1) {
+    free_chain ();
+    return -1;
+  }
   if (order_chain () == -1) {
     free_chain ();
     return -1;
@@ -1083,13 +1133,15 @@ dirty_checkpoint_delete (const char *name, char *err, size_t errlen)
             "log); writes now fail: restart nbdkit to finish the delete");
     return -1;
   }
-  if (was_active) {
-    if (open_active () == -1) {
-      failed = true;
-      seterr (err, errlen, "cannot open the bitmap file (see the nbdkit "
-              "log)");
-      return -1;
-    }
+  /* finish_delete replaced the file of the new newest checkpoint
+   * (the deleted one's parent or child) by a rename: appends must go
+   * to that new file, never to the old, unlinked one.
+   */
+  if (open_active () == -1) {
+    failed = true;
+    seterr (err, errlen, "cannot open the bitmap file (see the nbdkit "
+            "log)");
+    return -1;
   }
   nbdkit_debug ("bitmap-discard: deleted checkpoint %s", name);
   return 0;
