@@ -179,11 +179,15 @@ bd_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     return NULL;
   }
   if (next (nxdata, readonly, exportname) == -1) {
-    if (kind == EXPORT_SNAPSHOT)
+    if (kind == EXPORT_SNAPSHOT) {
+      scope_client_opened ();
       scope_client_close ();
+    }
     free (h);
     return NULL;
   }
+  if (kind == EXPORT_SNAPSHOT)
+    scope_client_opened ();
   return h;
 }
 

@@ -34,7 +34,9 @@
  * wholly after both.  On failure every step is undone (a checkpoint
  * created in step 2 is deleted again, which merges it back).
  * 'release' closes the holder: cbw ends the PIT once the last client
- * context on "snapshot" closes too.
+ * context on "snapshot" closes too.  Release first waits for clients
+ * that are still opening "snapshot" below ('opening'), so that every
+ * client context below shares the holder's PIT.
  *
  * Without bitmap-control, the first client to open "snapshot" when no
  * snapshot exists gets a full-scope one (cbw takes the PIT as usual),
@@ -104,6 +106,7 @@ static enum scope_state state = SC_NONE;
 static bool scope_valid;        /* 'scope' describes the PIT below */
 static struct bitmap scope;     /* see the table above */
 static unsigned clients;        /* client contexts on "snapshot" */
+static unsigned opening;        /* of those, still opening below */
 static uint64_t generation;     /* snapshots taken */
 static uint64_t scope_bytes;    /* bytes in scope when taken */
 static uint64_t released_bytes; /* of those, released since */
@@ -206,7 +209,17 @@ scope_client_open (void)
     return -1;
   }
   clients++;
+  opening++;
   return 0;
+}
+
+void
+scope_client_opened (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  assert (opening > 0);
+  if (--opening == 0)
+    pthread_cond_broadcast (&cond);
 }
 
 void
@@ -651,6 +664,14 @@ scope_release_snapshot (FILE *fp, char *err, size_t errlen)
     }
     state = SC_NONE;
     fprintf (fp, ",\"clients\":%u", clients);
+    /* A client that joined the snapshot but has not opened cbw's
+     * "snapshot" below yet would, once the holder is gone, make cbw
+     * take a new point in time that does not match the scope.  Let
+     * it finish opening first: it then shares the holder's PIT.
+     * (No one new can join: the state is NONE.)
+     */
+    while (opening > 0)
+      pthread_cond_wait (&cond, &lock);
   }
   close_holder ();
   return 0;

@@ -32,8 +32,13 @@ extern void gate_end (void);
 
 /* A client context on the "snapshot" export opens / closes.  Open
  * fails (with an error logged) when there is no snapshot to join.
+ * After a successful scope_client_open, the caller opens the context
+ * below and then calls scope_client_opened, whether that worked or
+ * not: until then, "release" waits, so the context below joins the
+ * same point in time as the scope.
  */
 extern int scope_client_open (void);
+extern void scope_client_opened (void);
 extern void scope_client_close (void);
 
 /* Client data calls on the "snapshot" export. */
