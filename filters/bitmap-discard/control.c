@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
 
@@ -42,6 +43,7 @@
 #define MAX_LINE    1024
 #define MAX_CLIENTS 16
 #define MAX_WORDS   8
+#define SEND_TIMEOUT 10         /* seconds, see control_main */
 
 struct client {
   int fd;
@@ -417,8 +419,25 @@ control_main (void *arg)
     }
     if (fds[1].revents & POLLIN) {
       int fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd == -1)
+      if (fd == -1) {
+        /* Out of file descriptors, say: the connection stays queued
+         * and poll would report it again at once.  Back off instead
+         * of spinning, still listening to the stop pipe.
+         */
+        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+          nbdkit_debug ("bitmap-discard: control socket: accept: %m");
+          poll (fds, 1, 100);
+        }
         continue;
+      }
+      /* A client that sends commands but never reads its replies
+       * must not stall the control thread: a reply that cannot be
+       * sent within SEND_TIMEOUT drops that client.
+       */
+      {
+        const struct timeval tv = { .tv_sec = SEND_TIMEOUT };
+        setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      }
       if (!peer_allowed (fd)) {
         static const char msg[] =
           "{\"ok\":false,\"error\":\"permission denied\"}\n";
