@@ -47,6 +47,7 @@
 
 #include "cleanup.h"
 #include "nbdconn.h"
+#include "rounding.h"
 
 struct nbdconn {
   /* Set before the reader starts and never changed. */
@@ -55,6 +56,7 @@ struct nbdconn {
   int wakeup[2];                /* pipe: callers poke the reader */
   pthread_t reader;
   bool reader_started;
+  uint32_t max_request;         /* largest read or write to send */
 
   /* Protected by lock. */
   pthread_mutex_t lock;
@@ -120,6 +122,20 @@ nbdconn_new (const char *what)
   return NULL;
 }
 
+/* Once connected: the largest read or write the server takes.  Its
+ * advertised maximum block size if any; otherwise 32 MiB, the limit
+ * of qemu-nbd and of most servers (NBD leaves it to the server, and
+ * qemu-nbd refuses larger requests with EINVAL without saying so).
+ */
+static void
+learn_limits (struct nbdconn *c)
+{
+  const int64_t dflt = 32 * 1024 * 1024;
+  int64_t max = nbd_get_block_size (c->h, LIBNBD_SIZE_MAXIMUM);
+
+  c->max_request = max > 0 && max < dflt ? max : dflt;
+}
+
 int
 nbdconn_connect_uri (struct nbdconn *c, const char *uri)
 {
@@ -128,6 +144,7 @@ nbdconn_connect_uri (struct nbdconn *c, const char *uri)
                   c->what, uri, nbd_get_error ());
     return -1;
   }
+  learn_limits (c);
   return 0;
 }
 
@@ -139,6 +156,7 @@ nbdconn_connect_argv (struct nbdconn *c, char **argv)
                   c->what, argv[0], nbd_get_error ());
     return -1;
   }
+  learn_limits (c);
   return 0;
 }
 
@@ -441,26 +459,53 @@ run (struct nbdconn *c, const struct request *r, void *owned_buf,
   return -1;
 }
 
+/* Reads and writes larger than the server takes go in pieces, one
+ * after the other (they are rare: nbdkit clients see the block size
+ * limits, and our own copies are smaller).
+ */
 int
 nbdconn_pread (struct nbdconn *c, void *buf, uint32_t count,
                uint64_t offset, uint32_t flags, int *err)
 {
-  struct request r = { .kind = CMD_READ, .name = "read", .buf = buf,
-                       .count = count, .offset = offset, .flags = flags };
-  return run (c, &r, NULL, NULL, err);
+  struct request r = { .kind = CMD_READ, .name = "read", .flags = flags };
+
+  assert (c->max_request > 0);   /* connected */
+
+  do {
+    r.buf = buf;
+    r.count = MIN (count, c->max_request);
+    r.offset = offset;
+    if (run (c, &r, NULL, NULL, err) == -1)
+      return -1;
+    buf = (char *) buf + r.count;
+    offset += r.count;
+    count -= r.count;
+  } while (count > 0);
+  return 0;
 }
 
 int
 nbdconn_pwrite (struct nbdconn *c, const void *buf, uint32_t count,
                 uint64_t offset, uint32_t flags, int *err)
 {
-  /* libnbd takes a const buffer for writes; the cast only fits the
-   * shared request struct.
-   */
-  struct request r = { .kind = CMD_WRITE, .name = "write",
-                       .buf = (void *) buf,
-                       .count = count, .offset = offset, .flags = flags };
-  return run (c, &r, NULL, NULL, err);
+  struct request r = { .kind = CMD_WRITE, .name = "write", .flags = flags };
+
+  assert (c->max_request > 0);   /* connected */
+
+  do {
+    /* libnbd takes a const buffer for writes; the cast only fits the
+     * shared request struct.
+     */
+    r.buf = (void *) buf;
+    r.count = MIN (count, c->max_request);
+    r.offset = offset;
+    if (run (c, &r, NULL, NULL, err) == -1)
+      return -1;
+    buf = (const char *) buf + r.count;
+    offset += r.count;
+    count -= r.count;
+  } while (count > 0);
+  return 0;
 }
 
 int
