@@ -113,3 +113,16 @@ for name in nosuch snap snapshot/ 'cbw-status2' '../snapshot'; do
 done
 kill -0 "$cbw_pid"
 [ "$(status_field state)" = '"none"' ]
+
+# Relative program paths are taken from the directory nbdkit was
+# started in, although a daemonised nbdkit changes to / before it
+# starts them.
+kill_pid "$cbw_pid"
+mkdir "$tmp/tools"
+ln -s "$(command -v qemu-nbd)" "$tmp/tools/qemu-nbd"
+ln -s "$(command -v qemu-img)" "$tmp/tools/qemu-img"
+pushd "$tmp"
+start_cbw cbw-qemu-nbd=tools/qemu-nbd cbw-qemu-img=./tools/qemu-img
+popd
+timeout 60 nbdsh -u "$snap_uri" -c 'assert h.get_size() > 0'
+[ "$(status_field state)" = '"none"' ] || wait_status state '"none"'

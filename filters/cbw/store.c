@@ -70,8 +70,8 @@ extern char **environ;
 static char *image;                     /* cbw-image, absolute */
 static const char *store_uri;           /* cbw-store */
 static bool keep_image;                 /* cbw-keep-image */
-static const char *qemu_nbd = "qemu-nbd"; /* cbw-qemu-nbd */
-static const char *qemu_img = "qemu-img"; /* cbw-qemu-img */
+static char *qemu_nbd;                  /* cbw-qemu-nbd, NULL: default */
+static char *qemu_img;                  /* cbw-qemu-img, NULL: default */
 static uint64_t ram_limit;              /* cbw-ram, 0 = no RAM tier */
 
 /* True once we created the image file, so it is ours to remove. */
@@ -87,6 +87,23 @@ static uint64_t disk_size;
 
 /* The RAM tier in front of it, if cbw-ram was given. */
 static struct ramcache *ram;
+
+/* A program parameter: a name looked up on $PATH, or a path, made
+ * absolute now because a daemonised nbdkit changes directory to /
+ * before the program is started.  Returns 1, or -1 on error.
+ */
+static int
+program_param (const char *value, char **prog)
+{
+  free (*prog);
+  *prog = strchr (value, '/') ? nbdkit_absolute_path (value)
+                              : strdup (value);
+  if (*prog == NULL) {
+    nbdkit_error ("cbw: %s: %m", value);
+    return -1;
+  }
+  return 1;
+}
 
 int
 store_config (const char *key, const char *value)
@@ -115,14 +132,10 @@ store_config (const char *key, const char *value)
     ram_limit = n;
     return 1;
   }
-  if (strcmp (key, "cbw-qemu-nbd") == 0) {
-    qemu_nbd = value;
-    return 1;
-  }
-  if (strcmp (key, "cbw-qemu-img") == 0) {
-    qemu_img = value;
-    return 1;
-  }
+  if (strcmp (key, "cbw-qemu-nbd") == 0)
+    return program_param (value, &qemu_nbd);
+  if (strcmp (key, "cbw-qemu-img") == 0)
+    return program_param (value, &qemu_img);
   return 0;
 }
 
@@ -130,6 +143,12 @@ int
 store_config_complete (void)
 {
   struct stat st;
+
+  if ((qemu_nbd == NULL && (qemu_nbd = strdup ("qemu-nbd")) == NULL) ||
+      (qemu_img == NULL && (qemu_img = strdup ("qemu-img")) == NULL)) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
 
   if (image && store_uri) {
     nbdkit_error ("cbw: cbw-image and cbw-store cannot be used together");
@@ -330,9 +349,9 @@ start_qemu_nbd (uint64_t size, uint32_t cluster_size)
    * size lets a TRIM of one cluster free its space.
    */
   uint32_t qcow2_cluster = MIN (MAX (cluster_size, 512u), 2u << 20);
-  char *img_argv[] = { (char *) qemu_img, "create", "-q", "-f", "qcow2",
+  char *img_argv[] = { qemu_img, "create", "-q", "-f", "qcow2",
                        "-o", opts, image, sizestr, NULL };
-  char *nbd_argv[] = { (char *) qemu_nbd, "--image-opts",
+  char *nbd_argv[] = { qemu_nbd, "--image-opts",
                        "--discard=unmap", "--detect-zeroes=unmap",
                        "--cache=unsafe", NULL, NULL };
 
@@ -424,6 +443,10 @@ store_close (void)
   nbdconn_close (conn);
   conn = NULL;
   remove_image ();
+  free (image);
+  free (qemu_nbd);
+  free (qemu_img);
+  image = qemu_nbd = qemu_img = NULL;
 }
 
 int
