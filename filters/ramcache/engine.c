@@ -375,7 +375,7 @@ in_retry_delay (struct ramcache *rc)
 
   if (rc->wb_failures == 0)
     return false;
-  clock_gettime (CLOCK_REALTIME, &now);
+  clock_gettime (CLOCK_MONOTONIC, &now);
   return now.tv_sec < rc->retry_at.tv_sec ||
     (now.tv_sec == rc->retry_at.tv_sec &&
      now.tv_nsec < rc->retry_at.tv_nsec);
@@ -462,7 +462,7 @@ run_job (struct ramcache *rc, struct writer *w)
       err = EIO;
     rc->wb_failures++;
     rc->wb_errno = err;
-    clock_gettime (CLOCK_REALTIME, &rc->retry_at);
+    clock_gettime (CLOCK_MONOTONIC, &rc->retry_at);
     rc->retry_at.tv_nsec += RETRY_NSEC;
     if (rc->retry_at.tv_nsec >= 1000000000) {
       rc->retry_at.tv_sec++;
@@ -696,7 +696,8 @@ writer_thread (void *vp)
     }
     else if (in_retry_delay (rc))
       /* Look again when the delay ends. */
-      pthread_cond_timedwait (&rc->writer_cond, &rc->lock, &rc->retry_at);
+      pthread_cond_clockwait (&rc->writer_cond, &rc->lock, CLOCK_MONOTONIC,
+                              &rc->retry_at);
     else
       pthread_cond_wait (&rc->writer_cond, &rc->lock);
   }
