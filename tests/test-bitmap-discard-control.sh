@@ -26,9 +26,10 @@ test "$(stat -c %a "$d/ctl")" = 600
 
 # A second server cannot take the same control socket.
 r=0
-timeout -k 5 20 nbdkit -f -U "$d/sock2" "${args[@]}" 2> "$d/err" || r=$?
+timeout -k 5 "$startup_timeout" nbdkit -f -U "$d/sock2" "${args[@]}" \
+        2> "$d/err" || r=$?
 cat "$d/err"
-test $r -ne 0 && test $r -ne 124
+failed_at_startup $r
 grep "another process is serving this socket" "$d/err"
 rm -f "$d/sock2"
 

@@ -49,11 +49,11 @@ must_refuse ()
     # that starts would only end at the timeout (status 124).
     r=0
     rm -f "$d/sock2"
-    timeout -k 5 20 nbdkit -f -U "$d/sock2" \
+    timeout -k 5 "$startup_timeout" nbdkit -f -U "$d/sock2" \
         --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
         "$FLEECE_PLUGIN" live="$uri" bitmap-dir="$d/bm" "$@" \
         2> "$d/err" || r=$?
-    if [ $r -eq 0 ] || [ $r -eq 124 ] || [ $r -eq 137 ]; then
+    if ! failed_at_startup $r; then
         echo "$0: nbdkit should have refused the bitmap files" >&2
         exit 1
     fi

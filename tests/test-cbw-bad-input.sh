@@ -27,11 +27,10 @@ bad ()
     local pattern="$1" r=0
     shift
     rm -f "$tmp/bad.sock"
-    timeout -k 5 30 nbdkit -f -U "$tmp/bad.sock" "$@" \
+    timeout -k 5 "$startup_timeout" nbdkit -f -U "$tmp/bad.sock" "$@" \
             </dev/null >"$tmp/out" 2>"$tmp/err" || r=$?
     cat "$tmp/out" "$tmp/err"
-    if [ "$r" -eq 0 ] || [ "$r" -eq 124 ] || [ "$r" -eq 137 ] ||
-       [ "$r" -gt 128 ]; then
+    if ! failed_at_startup "$r"; then
         failures+=("nbdkit $*: exit status $r, expected an error")
     elif ! grep -E -- "$pattern" "$tmp/err"; then
         failures+=("nbdkit $*: the error does not mention $pattern")

@@ -22,10 +22,11 @@ bad ()
     local pattern="$1" r=0
     shift
     rm -f "$tmp/bad.sock"
-    timeout -k 5 60 nbdkit -f -U "$tmp/bad.sock" "$FLEECE_PLUGIN" "$@" \
+    timeout -k 5 "$startup_timeout" \
+            nbdkit -f -U "$tmp/bad.sock" "$FLEECE_PLUGIN" "$@" \
             </dev/null >"$tmp/out" 2>"$tmp/err" || r=$?
     cat "$tmp/out" "$tmp/err"
-    if [ "$r" -eq 0 ] || [ "$r" -eq 124 ] || [ "$r" -gt 128 ]; then
+    if ! failed_at_startup "$r"; then
         failures+=("fleece $*: exit status $r, expected an error")
     elif ! grep -E -- "$pattern" "$tmp/err"; then
         failures+=("fleece $*: the error does not mention $pattern")
