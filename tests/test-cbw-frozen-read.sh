@@ -62,6 +62,7 @@ run ()
     local writers="$1"
     rm -f "$live_sock" "$tmp/r-started" "$tmp/w-done"
     /usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(b"\x11" * (1 << 20))' "$disk"
+    nbdkit_cmd="$plain_nbdkit" \
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
                  thread_model='echo parallel' get_size='echo 1048576' \
                  pread="$tmp/pread.sh"' "$@"' \

@@ -49,6 +49,7 @@ chmod +x "$tmp/pread.sh"
 for round in 1 2; do
     rm -f "$live_sock"
     export round
+    nbdkit_cmd="$plain_nbdkit" \
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
                  thread_model='echo parallel' get_size='echo 1M' \
                  pread="$tmp/pread.sh"' "$@"' can_multi_conn='exit 0'
