@@ -851,5 +851,7 @@ main (int argc, char *argv[])
           nr_writes, nr_zeroes, nr_trims, nr_fast_zeroes,
           nr_fast_zero_enotsup, nr_flushes, nr_reads, bytes_verified,
           nr_read_einval, nr_snap_trims, has_failed () ? "FAILED" : "ok");
+  free (writers);
+  free (readers);
   exit (has_failed () ? EXIT_FAILURE : EXIT_SUCCESS);
 }
