@@ -76,4 +76,23 @@ bitmap_fill (struct bitmap *bm, unsigned v)
   memset (bm->bits, byte, bitmap_bytes (bm));
 }
 
+/* Number of blocks set, for a bitmap of 1 bit per block: a byte at a
+ * time, not a block at a time (callers count large bitmaps under
+ * locks that writers wait for).
+ */
+static inline uint64_t
+bitmap_count_ones (const struct bitmap *bm)
+{
+  uint64_t full = bm->nblocks / 8, n = 0, i;
+
+  assert (bm->bpb == 1);
+  for (i = 0; i < full; ++i)
+    n += __builtin_popcount (bm->bits[i]);
+  /* bitmap_fill sets the padding bits of the last byte too. */
+  if (bm->nblocks % 8)
+    n += __builtin_popcount (bm->bits[full] &
+                             ((1u << (bm->nblocks % 8)) - 1));
+  return n;
+}
+
 #endif /* NBDKIT_FLEECE_BITMAP_H */

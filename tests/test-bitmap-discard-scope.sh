@@ -138,6 +138,9 @@ einval(1, size - 1)
 '
 ctl_ok "$d/ctl" "status"
 test "$(json_get released_bytes)" -eq $((65536 + 12288))
+# The full scope counts the short last granule by its real size.
+test "$(json_get scope_bytes)" -eq $size
+test "$(json_get remaining_bytes)" -eq $((size - 65536 - 12288))
 python3 -c 'import json, sys
 r = json.loads(sys.argv[1])
 assert r["cbw"]["released_bytes"] == 65536 + 12288, r' "$reply"

@@ -264,11 +264,11 @@ dirty_valid_name (const char *name, char *err, size_t errlen)
 static uint64_t
 bits_bytes (const struct bitmap *bm)
 {
-  uint64_t n = 0, g;
+  uint64_t n = bitmap_count_ones (bm) * granularity;
 
-  for (g = 0; g < bm->nblocks; ++g)
-    if (bitmap_get (bm, g))
-      n += MIN ((uint64_t) granularity, disk_size - g * granularity);
+  /* The last granule may be short. */
+  if (bm->nblocks > 0 && bitmap_get (bm, bm->nblocks - 1))
+    n -= bm->nblocks * granularity - disk_size;
   return n;
 }
 

@@ -118,6 +118,18 @@ static nbdkit_next *holder;     /* our context on "snapshot" below */
 
 static void close_holder (void);
 
+/* Bytes of the disk in the granules set in BM (a scope map). */
+static uint64_t
+map_bytes (const struct bitmap *bm)
+{
+  uint64_t n = bitmap_count_ones (bm) * bd_granularity;
+
+  /* The last granule may be short. */
+  if (nr_granules > 0 && bitmap_get (bm, nr_granules - 1))
+    n -= nr_granules * bd_granularity - disk_size;
+  return n;
+}
+
 /* Bytes of the disk in granules [first, end). */
 static uint64_t
 granule_bytes (uint64_t first, uint64_t end)
@@ -529,7 +541,7 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
 {
   struct cbw_status before, after;
   struct bitmap newscope;
-  uint64_t g, bytes = 0;
+  uint64_t bytes;
   bool made_checkpoint = false;
 
   {
@@ -593,9 +605,7 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
   /* 3. The scope. */
   if (since && dirty_union_since (since, &newscope, err, errlen) == -1)
     goto fail;
-  for (g = 0; g < nr_granules; ++g)
-    if (bitmap_get (&newscope, g))
-      bytes += granule_bytes (g, g + 1);
+  bytes = map_bytes (&newscope);
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     bitmap_free (&scope);
@@ -704,15 +714,13 @@ scope_status (FILE *fp)
 {
   struct dirty_stats ds;
   struct cbw_status cs;
-  uint64_t remaining = 0, g;
+  uint64_t remaining = 0;
 
   dirty_get_stats (&ds);
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (scope_valid)
-      for (g = 0; g < nr_granules; ++g)
-        if (bitmap_get (&scope, g))
-          remaining += granule_bytes (g, g + 1);
+      remaining = map_bytes (&scope);
     fprintf (fp, ",\"state\":\"%s\",\"generation\":%" PRIu64
              ",\"since\":\"%s\",\"checkpoint\":\"%s\""
              ",\"scope_bytes\":%" PRIu64 ",\"remaining_bytes\":%" PRIu64
