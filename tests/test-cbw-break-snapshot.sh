@@ -42,22 +42,10 @@ run ()
     timeout 120 python3 - <<'PY'
 import json, os
 import nbd
+from cbwtest import conn, status
 
 K = 1024
 C = 64 * K
-
-def conn(uri, meta=False):
-    h = nbd.NBD()
-    if meta:
-        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(uri)
-    return h
-
-def status():
-    h = conn(os.environ["status_uri"])
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
 
 def expect_error(what, errname, f, *args):
     try:

@@ -37,21 +37,11 @@ export writer_uri snap_uri status_uri fail="$tmp/fail"
 timeout 120 python3 - <<'PY'
 import json, os
 import nbd
+from cbwtest import conn, status
 
 K = 1024
 C = 64 * K
 SIZE = 4 * 1024 * K
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
-
-def status():
-    h = conn(os.environ["status_uri"])
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
 
 def expect_error(what, errname, f, *args):
     try:

@@ -39,6 +39,7 @@ export writer_uri snap_uri status_uri
 timeout 300 python3 - <<'PY'
 import json, os, random, struct, threading
 import nbd
+from cbwtest import conn
 
 SIZE = 8 << 20
 B = 4096
@@ -46,11 +47,6 @@ NB = SIZE // B
 STRIPE = 5
 W = 3
 ROUNDS = 20
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
 
 def block(b, writer, seq):
     head = struct.pack("<QQQ", b, writer, seq)

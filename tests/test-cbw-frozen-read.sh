@@ -75,15 +75,11 @@ run ()
     timeout 120 python3 - <<'PY'
 import os, threading, time
 import nbd
+from cbwtest import conn
 
 C = 64 * 1024
 d = os.environ["dir"]
 nwriters = int(os.environ["writers"])
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
 
 sn = conn(os.environ["snap_uri"])
 ws = [conn(os.environ["writer_uri"]) for _ in range(nwriters)]

@@ -41,22 +41,12 @@ step ()
 cat > "$tmp/steps.py" <<'PY'
 import json, os, sys
 import nbd
+from cbwtest import conn, status
 
 K = 1024
 C = 64 * K
 SIZE = 8 * 1024 * K
 tmp = os.environ["tmp"]
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
-
-def status():
-    h = conn(os.environ["status_uri"])
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
 
 def save(name, data):
     open(os.path.join(tmp, name), "wb").write(data)

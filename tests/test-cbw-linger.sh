@@ -27,15 +27,11 @@ export tmp
 cat > "$tmp/linger.py" <<'PY'
 import json, os, sys
 import nbd
+from cbwtest import conn
 
 C = 64 * 1024
 SIZE = 4 << 20
 tmp = os.environ["tmp"]
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
 
 step = sys.argv[1]
 w = conn(os.environ["writer_uri"])

@@ -33,20 +33,10 @@ export writer_uri snap_uri status_uri tmp g0
 timeout 120 python3 - <<'PY'
 import json, os, threading, time
 import nbd
+from cbwtest import conn, status
 
 C = 64 * 1024
 log = os.path.join(os.environ["tmp"], "live.log")
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
-
-def status():
-    h = conn(os.environ["status_uri"])
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
 
 def nr_writes_below():
     return open(log, errors="replace").read().count("pwrite")

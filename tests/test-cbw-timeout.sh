@@ -37,21 +37,11 @@ run ()
     timeout 120 python3 - <<'PY'
 import json, os
 import nbd
+from cbwtest import conn, status
 
 C = 64 * 1024
 SIZE = 4 << 20
 expect = os.environ["expect"]
-
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
-
-def status():
-    h = conn(os.environ["status_uri"])
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
 
 w = conn(os.environ["writer_uri"])
 for c in range(64):

@@ -42,24 +42,12 @@ for off in range(0, size, 1 << 20):
     timeout 300 python3 - <<'PY'
 import json, os, random
 import nbd
+from cbwtest import conn, status
 
 size = int(os.environ["size"])
 C = int(os.environ["cluster"])
 random.seed(int(os.environ["seed"]) + 1000)
 N = (size + C - 1) // C
-
-def conn(uri, meta=False):
-    h = nbd.NBD()
-    if meta:
-        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(uri)
-    return h
-
-def status():
-    h = conn(os.environ["status_uri"])
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
 
 w = conn(os.environ["writer_uri"])
 sn = conn(os.environ["snap_uri"], meta=True)

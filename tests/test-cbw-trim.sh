@@ -43,6 +43,7 @@ export ref="$tmp/ref.img"
 timeout 120 python3 - <<'PY'
 import json, os
 import nbd
+from cbwtest import conn, status as cbw_status
 
 M = 1 << 20
 img = os.environ["img"]
@@ -52,16 +53,9 @@ def alloc():
     st = os.stat(img)
     return st.st_blocks * 512
 
-def conn(uri):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    return h
-
 def status():
-    h = conn(os.environ["writer_uri"].replace(":///?", ":///cbw-status?"))
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
-    return s
+    return cbw_status(os.environ["writer_uri"].replace(":///?",
+                                                       ":///cbw-status?"))
 
 w = conn(os.environ["writer_uri"])
 sn = conn(os.environ["snap_uri"])
