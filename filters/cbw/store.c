@@ -50,7 +50,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -76,6 +78,12 @@ static uint64_t ram_limit;              /* cbw-ram, 0 = no RAM tier */
 
 /* True once we created the image file, so it is ours to remove. */
 static bool created_image;
+
+/* The socket libnbd made for qemu-nbd (socket activation), in a
+ * directory of its own, or "".  libnbd removes both in nbd_close; we
+ * only need it when nbdkit exits without unloading us.
+ */
+static char sact_path[sizeof ((struct sockaddr_un *) 0)->sun_path];
 
 /* The connection to the store, from store_open on. */
 static struct nbdconn *conn;
@@ -337,6 +345,48 @@ below_trim (void *opaque, uint32_t count, uint64_t offset, int *err)
   return nbdconn_trim (conn, count, offset, 0, err);
 }
 
+/* Note where libnbd put qemu-nbd's socket: the address our
+ * connection is connected to.
+ */
+static void
+remember_sact_path (void)
+{
+  struct sockaddr_un addr;
+  socklen_t len = sizeof addr;
+  int fd = nbd_aio_get_fd (nbdconn_handle (conn));
+
+  memset (&addr, 0, sizeof addr);
+  if (fd >= 0 &&
+      getpeername (fd, (struct sockaddr *) &addr, &len) == 0 &&
+      addr.sun_family == AF_UNIX && addr.sun_path[0] == '/')
+    memcpy (sact_path, addr.sun_path, sizeof sact_path - 1);
+}
+
+/* When nbdkit fails after our .after_fork (a filter above refuses
+ * to start, say), it exits without calling .unload.  This destructor
+ * still runs then, at exit, and removes the image we created and
+ * libnbd's socket directory; qemu-nbd exits by itself when our
+ * connection closes.  After a normal .unload there is nothing left
+ * for it to do.  (Not atexit: a handler registered from a shared
+ * object that nbdkit unloads would be called after the unload.)
+ */
+static void __attribute__ ((destructor))
+store_exit_cleanup (void)
+{
+  char *slash;
+
+  remove_image ();
+  if (sact_path[0]) {
+    unlink (sact_path);
+    slash = strrchr (sact_path, '/');
+    if (slash && slash != sact_path) {
+      *slash = '\0';
+      rmdir (sact_path);
+    }
+    sact_path[0] = '\0';
+  }
+}
+
 /* Create the qcow2 at 'image' (already reserved) and connect to a
  * qemu-nbd serving it.
  */
@@ -365,6 +415,7 @@ start_qemu_nbd (uint64_t size, uint32_t cluster_size)
   if (run_command (img_argv) == -1 ||
       nbdconn_connect_argv (conn, nbd_argv) == -1)
     return -1;
+  remember_sact_path ();
   return 0;
 }
 
@@ -442,6 +493,7 @@ store_close (void)
   }
   nbdconn_close (conn);
   conn = NULL;
+  sact_path[0] = '\0';           /* nbd_close removed it */
   remove_image ();
   free (image);
   free (qemu_nbd);
