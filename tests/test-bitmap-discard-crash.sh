@@ -50,7 +50,7 @@ BD_WRITER_DELAY_US=2000 BD_WRITER_MAX_LEN=100000 BD_WRITER_REGION=8388608 \
 wpid=$!
 wait_for "$d/w/running"
 sleep 1
-kill -9 "$(cat "$d/bd.pid")"
+crash_nbdkit "$d/bd.pid"
 # The writer fails now (its server is gone): that is expected.
 wait $wpid || :
 rm -f "$d/bd.pid" "$d/sock" "$d/fleece1.qcow2"
@@ -78,7 +78,7 @@ BD_WRITER_DELAY_US=2000 BD_WRITER_MAX_LEN=100000 BD_WRITER_REGION=25165824 \
 wpid=$!
 wait_for "$d/w/running"
 sleep 0.5
-kill -9 "$(cat "$d/bd.pid")"
+crash_nbdkit "$d/bd.pid"
 wait $wpid || :
 rm -f "$d/bd.pid" "$d/sock" "$d/fleece2.qcow2"
 start_stack 3

@@ -108,3 +108,32 @@ print(" ".join("%(name)s:%(parent)s:%(state)s:%(dirty_bytes)d:"
                "%(changed_since_bytes)d" % c
                for c in json.loads(sys.argv[1])["checkpoints"]))' "$reply"
 }
+
+# crash_nbdkit PIDFILE: kill -9 the nbdkit whose PID is in PIDFILE, as
+# a crash would.  Its qemu-nbd child (the fleece store) then exits by
+# itself, but the directory /tmp/libnbdXXXXXX that libnbd made for the
+# child's socket stays behind (libnbd removes it in nbd_close, which a
+# killed nbdkit never calls): find it from the child's listening
+# socket first, and remove it afterwards.
+crash_nbdkit ()
+{
+    local pid child fd ino path
+    local -a dirs=()
+    pid="$(cat "$1")"
+    for child in $(pgrep -P "$pid"); do
+        for fd in /proc/"$child"/fd/*; do
+            ino="$(readlink "$fd" 2>/dev/null |
+                   sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p')"
+            [ -n "$ino" ] || continue
+            path="$(awk -v i="$ino" '$7 == i && $8 ~ "^/tmp/libnbd" {
+                       print $8 }' /proc/net/unix)"
+            [ -n "$path" ] && dirs+=("$(dirname "$path")")
+        done
+    done
+    kill -9 "$pid"
+    for path in "${dirs[@]}"; do
+        case "$path" in
+            /tmp/libnbd?*) rm -rf "$path" ;;
+        esac
+    done
+}
