@@ -35,8 +35,10 @@
  * NBD connection directly.
  *
  * Files: cbw never overwrites a file it did not create.  The name is
- * reserved with O_CREAT|O_EXCL once nbdkit has forked, and only a file we
- * created is removed at exit (unless cbw-keep-image=true).
+ * reserved with O_CREAT|O_EXCL once nbdkit has forked, and only a
+ * file we created is removed at exit (unless cbw-keep-image=true):
+ * at .unload, or by store_exit_cleanup when nbdkit exits without
+ * unloading us.
  */
 
 #include <config.h>
