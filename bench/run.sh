@@ -79,6 +79,22 @@ then
 fi
 
 # ---------------------------------------------------------------------
+# The QEMU contender needs qemu-storage-daemon (Debian package
+# qemu-system-common, which scripts/setup.sh does not install: the
+# tests do not need it).  As root, install it; otherwise its columns
+# are skipped with a note.  Never in --smoke mode (make check).
+
+if [ "$profile" != smoke ] && [ "$with_qemu" = 1 ] &&
+       ! command -v qemu-storage-daemon >/dev/null 2>&1 &&
+       [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bench: installing qemu-system-common (qemu-storage-daemon)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update >&2 &&
+        DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y qemu-system-common </dev/null >&2 ||
+        echo "bench: could not install qemu-system-common" >&2
+fi
+
+# ---------------------------------------------------------------------
 # Build.
 
 log () { echo "bench: [$(date +%T.%N | cut -c1-12)] $*" >&2; }
