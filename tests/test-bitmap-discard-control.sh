@@ -132,3 +132,38 @@ fi
 cat "$d/err"
 # And the server is still fine.
 ctl_ok "$d/ctl" "status"
+
+# A client that sends commands but never reads the replies must not
+# stall the control thread: once its replies have filled the socket,
+# it is dropped (after at most 10 s), and other clients are answered.
+export d
+timeout 120 python3 - <<'PYEOF'
+import os, socket, time
+path = os.environ["d"] + "/ctl"
+greedy = socket.socket(socket.AF_UNIX)
+greedy.connect(path)
+greedy.setblocking(False)
+sent = 0
+line = b"help\n"
+deadline = time.monotonic() + 30
+# Send until the server stops reading (its replies to us are stuck).
+while time.monotonic() < deadline:
+    try:
+        sent += greedy.send(line * 1000)
+    except BlockingIOError:
+        time.sleep(0.2)
+        try:
+            sent += greedy.send(line)
+        except BlockingIOError:
+            break
+print("sent %d bytes of commands without reading a reply" % sent)
+other = socket.socket(socket.AF_UNIX)
+other.connect(path)
+other.settimeout(60)
+other.sendall(b"checkpoints\n")
+reply = other.makefile().readline()
+print("other client:", reply.strip())
+assert reply.startswith('{"ok":true'), reply
+greedy.close()
+PYEOF
+ctl_ok "$d/ctl" "status"
