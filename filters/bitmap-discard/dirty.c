@@ -615,6 +615,28 @@ find_ckpt (const char *name)
   return -1;
 }
 
+/* The last step of deleting ckpts[i]: remove its file (already gone
+ * is fine: every step of a delete may be done twice) and its entry.
+ */
+static int
+unlink_ckpt (size_t i)
+{
+  CLEANUP_FREE char *path = file_path (ckpts[i].name, "");
+
+  if (!path)
+    return -1;
+  if (unlink (path) == -1 && errno != ENOENT) {
+    nbdkit_error ("bitmap-discard: unlink: %s: %m", path);
+    return -1;
+  }
+  if (sync_dir () == -1)
+    return -1;
+  bitmap_free (&ckpts[i].bits);
+  memmove (&ckpts[i], &ckpts[i+1], (nr_ckpts - i - 1) * sizeof *ckpts);
+  nr_ckpts--;
+  return 0;
+}
+
 /* A delete that crashed after re-parenting the child of X but before
  * unlinking X leaves two files naming X's parent as theirs.  X's bits
  * were merged into its parent before the child was re-parented, so
@@ -637,24 +659,11 @@ drop_finished_deletes (void)
       i++;
       continue;
     }
-    {
-      CLEANUP_FREE char *path = file_path (ckpts[i].name, "");
-
-      nbdkit_debug ("bitmap-discard: finishing the deletion of "
-                    "checkpoint %s (its child is re-parented already)",
-                    ckpts[i].name);
-      if (!path)
-        return -1;
-      if (unlink (path) == -1 && errno != ENOENT) {
-        nbdkit_error ("bitmap-discard: unlink: %s: %m", path);
-        return -1;
-      }
-      if (sync_dir () == -1)
-        return -1;
-    }
-    bitmap_free (&ckpts[i].bits);
-    memmove (&ckpts[i], &ckpts[i+1], (nr_ckpts - i - 1) * sizeof *ckpts);
-    nr_ckpts--;
+    nbdkit_debug ("bitmap-discard: finishing the deletion of "
+                  "checkpoint %s (its child is re-parented already)",
+                  ckpts[i].name);
+    if (unlink_ckpt (i) == -1)
+      return -1;
   }
   return 0;
 }
@@ -699,11 +708,8 @@ order_chain (void)
 static int
 finish_delete (size_t i)
 {
-  CLEANUP_FREE char *path = file_path (ckpts[i].name, "");
   bool was_active = i == nr_ckpts - 1;
 
-  if (!path)
-    return -1;
   if (i > 0) {
     bits_or (&ckpts[i-1].bits, &ckpts[i].bits);
     if (was_active)
@@ -716,16 +722,7 @@ finish_delete (size_t i)
     if (write_file (&ckpts[i+1], NULL) == -1)
       return -1;
   }
-  if (unlink (path) == -1) {
-    nbdkit_error ("bitmap-discard: unlink: %s: %m", path);
-    return -1;
-  }
-  if (sync_dir () == -1)
-    return -1;
-  bitmap_free (&ckpts[i].bits);
-  memmove (&ckpts[i], &ckpts[i+1], (nr_ckpts - i - 1) * sizeof *ckpts);
-  nr_ckpts--;
-  return 0;
+  return unlink_ckpt (i);
 }
 
 /* Open the newest file for appending, compacting it first, and make
