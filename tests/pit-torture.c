@@ -73,6 +73,8 @@
 
 #include <libnbd.h>
 
+#include "test-rand.h"
+
 #include "rounding.h"
 
 /* Options. */
@@ -135,19 +137,6 @@ struct thread {
   uint64_t rng;
   struct nbd_handle *nbd;
 };
-
-static uint64_t
-next_rand (uint64_t *s)
-{
-  /* xorshift64* */
-  uint64_t x = *s;
-
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * UINT64_C (2685821657736338717);
-}
 
 /* A random request [*offset, *offset + *count) of 1..MAX bytes inside
  * the disk.  Half the time it starts a few bytes before or after a

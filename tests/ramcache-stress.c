@@ -41,6 +41,8 @@
 
 #include <libnbd.h>
 
+#include "test-rand.h"
+
 static const char *uri;
 static unsigned nr_threads = 4;
 static unsigned nr_ops = 2000;  /* per thread */
@@ -62,19 +64,6 @@ struct thread {
   uint64_t rng;
   int failed;
 };
-
-static uint64_t
-next_rand (uint64_t *s)
-{
-  /* xorshift64* */
-  uint64_t x = *s;
-
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * UINT64_C (2685821657736338717);
-}
 
 /* Compare BUF (read at OFFSET) with the model. */
 static int
