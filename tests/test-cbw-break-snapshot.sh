@@ -23,14 +23,7 @@ set -x
 
 cbw_requires
 
-store_sock="$tmp/store.sock"
-start_nbdkit -P "$tmp/store.pid" -U "$store_sock" \
-             --filter=error memory 4M \
-             error-pwrite=EIO error-pwrite-rate=100% \
-             error-pwrite-file="$tmp/fail" \
-             error-zero=EIO error-zero-rate=100% \
-             error-zero-file="$tmp/fail"
-_cbw_pids+=("$pid")
+start_failing_store
 store_uri="nbd+unix:///?socket=$store_sock"
 
 run ()

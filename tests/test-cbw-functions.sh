@@ -19,6 +19,9 @@
 #                           (so the PIT stays) until release_snapshot;
 #                           waits until its connection is up
 #   release_snapshot        close it (cleanly) and wait for it
+#   start_failing_store     a 4M fleece store (for cbw-store=) whose
+#                           writes and zeroes fail with EIO while the
+#                           file $tmp/fail exists -> $store_sock
 
 cbw_requires ()
 {
@@ -130,4 +133,16 @@ release_snapshot ()
 {
     exec {hold_fd}>&-
     wait "$hold_pid"
+}
+
+start_failing_store ()
+{
+    store_sock="$tmp/store.sock"
+    start_nbdkit -P "$tmp/store.pid" -U "$store_sock" \
+                 --filter=error memory 4M \
+                 error-pwrite=EIO error-pwrite-rate=100% \
+                 error-pwrite-file="$tmp/fail" \
+                 error-zero=EIO error-zero-rate=100% \
+                 error-zero-file="$tmp/fail"
+    _cbw_pids+=("$pid")
 }
