@@ -13,6 +13,13 @@
  * KEY=VALUE arguments.  Lines over MAX_LINE bytes, non-printable
  * bytes, unknown commands or arguments, and bad names are answered
  * with an error before anything is changed.
+ *
+ * No client can keep the others out.  One that sends no complete
+ * line for IDLE_TIMEOUT seconds (nothing, or only part of a line) is
+ * told so and dropped; when all MAX_CLIENTS slots are taken, a new
+ * client takes the slot of the one that has been idle longest.  Every
+ * connected client is idle between its commands (replies are sent
+ * before the next poll), so this never cuts a command short.
  */
 
 #include <config.h>
@@ -31,6 +38,7 @@
 #include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include <pthread.h>
 
@@ -44,12 +52,17 @@
 #define MAX_CLIENTS 16
 #define MAX_WORDS   8
 #define SEND_TIMEOUT 10         /* seconds, see control_main */
+#define IDLE_TIMEOUT 30         /* seconds without a complete line */
+
+#define STR_(x) #x
+#define STR(x) STR_ (x)
 
 struct client {
   int fd;
   char buf[MAX_LINE + 1];
   size_t len;
   bool overflow;                /* discarding a too-long line */
+  struct timespec last;         /* connected, or last complete line */
 };
 
 /* Set in control_listen / control_start, used by the thread only. */
@@ -348,6 +361,8 @@ handle_input (struct client *c)
   while ((nl = memchr (c->buf, '\n', c->len)) != NULL) {
     size_t used = nl - c->buf + 1, linelen = nl - c->buf;
 
+    clock_gettime (CLOCK_MONOTONIC, &c->last);
+
     *nl = '\0';
     if (linelen > 0 && c->buf[linelen-1] == '\r')
       c->buf[--linelen] = '\0';
@@ -384,22 +399,135 @@ peer_allowed (int fd)
   return cred.uid == 0 || cred.uid == geteuid ();
 }
 
+/* Close client i and give its slot to the last one.  A non-NULL why
+ * is sent first (if the socket takes it at once) as an error reply.
+ */
+static void
+drop_client (size_t i, const char *why)
+{
+  if (why) {
+    char msg[128];
+    int len = snprintf (msg, sizeof msg,
+                        "{\"ok\":false,\"error\":\"%s\"}\n", why);
+    ssize_t r = send (clients[i].fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void) r;                   /* it is going away anyway */
+  }
+  close (clients[i].fd);
+  clients[i] = clients[--nr_clients];
+}
+
+/* Milliseconds from now until ts + IDLE_TIMEOUT (0 if past). */
+static int
+idle_ms_left (const struct timespec *ts, const struct timespec *now)
+{
+  int64_t ms = ((int64_t) ts->tv_sec + IDLE_TIMEOUT - now->tv_sec) * 1000
+    + (ts->tv_nsec - now->tv_nsec) / 1000000;
+
+  return ms > 0 ? ms : 0;
+}
+
+/* Drop the clients idle for IDLE_TIMEOUT; return the poll timeout
+ * (milliseconds, -1 for none) until the next one would be.  A client
+ * whose input is waiting (behind a long command, say) is read first.
+ */
+static int
+expire_idle (void)
+{
+  struct timespec now;
+  size_t i;
+  int timeout = -1;
+
+  clock_gettime (CLOCK_MONOTONIC, &now);
+  for (i = nr_clients; i-- > 0; ) {
+    int left = idle_ms_left (&clients[i].last, &now);
+    char c;
+
+    if (left == 0 &&
+        recv (clients[i].fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
+      left = 1;                 /* poll at once, read it */
+    if (left == 0)
+      drop_client (i, "idle for " STR (IDLE_TIMEOUT) " seconds: "
+                   "disconnected");
+    else if (timeout == -1 || left < timeout)
+      timeout = left;
+  }
+  return timeout;
+}
+
+/* The client idle longest (nr_clients > 0). */
+static size_t
+oldest_idle (void)
+{
+  size_t i, oldest = 0;
+
+  for (i = 1; i < nr_clients; ++i)
+    if (clients[i].last.tv_sec < clients[oldest].last.tv_sec ||
+        (clients[i].last.tv_sec == clients[oldest].last.tv_sec &&
+         clients[i].last.tv_nsec < clients[oldest].last.tv_nsec))
+      oldest = i;
+  return oldest;
+}
+
+/* Accept one connection on the listening socket. */
+static void
+accept_client (void)
+{
+  int fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
+
+  if (fd == -1) {
+    /* Out of file descriptors, say: the connection stays queued and
+     * poll would report it again at once.  Back off instead of
+     * spinning, still listening to the stop pipe.
+     */
+    if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+      struct pollfd stop = { .fd = stop_pipe[0], .events = POLLIN };
+      nbdkit_debug ("bitmap-discard: control socket: accept: %m");
+      poll (&stop, 1, 100);
+    }
+    return;
+  }
+  /* A client that sends commands but never reads its replies must
+   * not stall the control thread: a reply that cannot be sent within
+   * SEND_TIMEOUT drops that client.
+   */
+  {
+    const struct timeval tv = { .tv_sec = SEND_TIMEOUT };
+    setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
+  if (!peer_allowed (fd)) {
+    static const char msg[] =
+      "{\"ok\":false,\"error\":\"permission denied\"}\n";
+    send_reply (fd, msg, strlen (msg));
+    close (fd);
+    return;
+  }
+  if (nr_clients == MAX_CLIENTS)
+    drop_client (oldest_idle (), "too many control clients: this idle "
+                 "one was disconnected");
+  memset (&clients[nr_clients], 0, sizeof clients[0]);
+  clients[nr_clients].fd = fd;
+  clock_gettime (CLOCK_MONOTONIC, &clients[nr_clients].last);
+  nr_clients++;
+}
+
+/* The control thread: commands from every client, one at a time. */
 static void *
 control_main (void *arg)
 {
   for (;;) {
     struct pollfd fds[MAX_CLIENTS + 2];
-    size_t i;
+    int timeout = expire_idle ();
+    size_t i, n = nr_clients;
 
     fds[0].fd = stop_pipe[0];
     fds[0].events = POLLIN;
     fds[1].fd = listen_fd;
     fds[1].events = POLLIN;
-    for (i = 0; i < nr_clients; ++i) {
+    for (i = 0; i < n; ++i) {
       fds[i+2].fd = clients[i].fd;
       fds[i+2].events = POLLIN;
     }
-    if (poll (fds, nr_clients + 2, -1) == -1) {
+    if (poll (fds, n + 2, timeout) == -1) {
       if (errno == EINTR) continue;
       nbdkit_error ("bitmap-discard: control socket: poll: %m");
       break;
@@ -409,52 +537,14 @@ control_main (void *arg)
     /* Clients first, from the last, so removing one keeps the
      * indexes of the others.
      */
-    for (i = nr_clients; i-- > 0; ) {
+    for (i = n; i-- > 0; ) {
       if (fds[i+2].revents == 0)
         continue;
-      if (handle_input (&clients[i]) == -1) {
-        close (clients[i].fd);
-        clients[i] = clients[--nr_clients];
-      }
+      if (handle_input (&clients[i]) == -1)
+        drop_client (i, NULL);
     }
-    if (fds[1].revents & POLLIN) {
-      int fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd == -1) {
-        /* Out of file descriptors, say: the connection stays queued
-         * and poll would report it again at once.  Back off instead
-         * of spinning, still listening to the stop pipe.
-         */
-        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
-          nbdkit_debug ("bitmap-discard: control socket: accept: %m");
-          poll (fds, 1, 100);
-        }
-        continue;
-      }
-      /* A client that sends commands but never reads its replies
-       * must not stall the control thread: a reply that cannot be
-       * sent within SEND_TIMEOUT drops that client.
-       */
-      {
-        const struct timeval tv = { .tv_sec = SEND_TIMEOUT };
-        setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-      }
-      if (!peer_allowed (fd)) {
-        static const char msg[] =
-          "{\"ok\":false,\"error\":\"permission denied\"}\n";
-        send_reply (fd, msg, strlen (msg));
-        close (fd);
-      }
-      else if (nr_clients == MAX_CLIENTS) {
-        static const char msg[] =
-          "{\"ok\":false,\"error\":\"too many control clients\"}\n";
-        send_reply (fd, msg, strlen (msg));
-        close (fd);
-      }
-      else {
-        memset (&clients[nr_clients], 0, sizeof clients[0]);
-        clients[nr_clients++].fd = fd;
-      }
-    }
+    if (fds[1].revents & POLLIN)
+      accept_client ();
   }
   for (size_t i = 0; i < nr_clients; ++i)
     close (clients[i].fd);
