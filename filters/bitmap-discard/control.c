@@ -5,14 +5,13 @@
  * refused) served by one thread.  Several clients may be connected;
  * their commands run one at a time, in arrival order, which is what
  * serializes the control commands (scope.h).  Each line is one
- * command; each gets exactly one reply line, a JSON object:
+ * command (commands.c); each gets exactly one reply line, a JSON
+ * object:
  *
  *   {"ok":true,...}  or  {"ok":false,"error":"..."}
  *
- * A line is words separated by spaces or tabs: the command, then
- * KEY=VALUE arguments.  Lines over MAX_LINE bytes, non-printable
- * bytes, unknown commands or arguments, and bad names are answered
- * with an error before anything is changed.
+ * This file assembles the lines: one over MAX_LINE bytes, or with a
+ * NUL byte, is answered with an error and not run.
  *
  * No client can keep the others out.  One that sends no complete
  * line for IDLE_TIMEOUT seconds (nothing, or only part of a line) is
@@ -44,13 +43,11 @@
 
 #include <nbdkit-filter.h>
 
-#include "dirty.h"
-#include "scope.h"
+#include "commands.h"
 #include "control.h"
 
 #define MAX_LINE    1024
 #define MAX_CLIENTS 16
-#define MAX_WORDS   8
 #define SEND_TIMEOUT 10         /* seconds, see control_main */
 #define IDLE_TIMEOUT 30         /* seconds without a complete line */
 
@@ -153,173 +150,6 @@ send_reply (int fd, const char *s, size_t len)
   return 0;
 }
 
-/* Print s as a JSON string. */
-static void
-json_string (FILE *fp, const char *s)
-{
-  fputc ('"', fp);
-  for (; *s; ++s) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      fprintf (fp, "\\%c", c);
-    else if (c < 32 || c >= 127)
-      fprintf (fp, "\\u%04x", c);
-    else
-      fputc (c, fp);
-  }
-  fputc ('"', fp);
-}
-
-/* Find key=VALUE among the arguments; NULL if absent.  Unknown keys
- * and repeated keys were refused before.
- */
-static const char *
-arg (char **words, size_t n, const char *key)
-{
-  size_t i, len = strlen (key);
-
-  for (i = 1; i < n; ++i)
-    if (strncmp (words[i], key, len) == 0 && words[i][len] == '=')
-      return words[i] + len + 1;
-  return NULL;
-}
-
-/* Check that the arguments are KEY=VALUE with keys from allowed (a
- * NULL-terminated list), each at most once.
- */
-static bool
-check_args (char **words, size_t n, const char *const *allowed,
-            char *err, size_t errlen)
-{
-  size_t i, j;
-
-  for (i = 1; i < n; ++i) {
-    const char *eq = strchr (words[i], '=');
-    const char *const *a;
-    bool ok = false;
-
-    if (eq == NULL || eq == words[i]) {
-      snprintf (err, errlen, "%s: expected KEY=VALUE", words[i]);
-      return false;
-    }
-    for (a = allowed; *a; ++a)
-      if ((size_t) (eq - words[i]) == strlen (*a) &&
-          strncmp (words[i], *a, eq - words[i]) == 0)
-        ok = true;
-    if (!ok) {
-      snprintf (err, errlen, "%s: unknown argument for %s", words[i],
-                words[0]);
-      return false;
-    }
-    for (j = 1; j < i; ++j)
-      if (strncmp (words[j], words[i], eq - words[i] + 1) == 0) {
-        snprintf (err, errlen, "%.*s given twice",
-                  (int) (eq - words[i]), words[i]);
-        return false;
-      }
-  }
-  return true;
-}
-
-/* Run one command line; print the reply object into fp. */
-static void
-run_command (char *line, FILE *fp)
-{
-  static const char *const snapshot_args[] = { "since", "checkpoint", NULL };
-  static const char *const no_args[] = { NULL };
-  char *words[MAX_WORDS], *p, *save = NULL;
-  size_t n = 0;
-  char err[512] = "";
-  int r = -1;
-  char *extra = NULL;
-  size_t extra_len = 0;
-  FILE *efp;
-
-  for (p = line; *p; ++p)
-    if ((unsigned char) *p < 32 && *p != '\t') {
-      fputs ("{\"ok\":false,\"error\":\"control characters in the "
-             "command\"}", fp);
-      return;
-    }
-    else if ((unsigned char) *p >= 127) {
-      fputs ("{\"ok\":false,\"error\":\"non-ASCII bytes in the "
-             "command\"}", fp);
-      return;
-    }
-  for (p = strtok_r (line, " \t", &save); p;
-       p = strtok_r (NULL, " \t", &save)) {
-    if (n == MAX_WORDS) {
-      fputs ("{\"ok\":false,\"error\":\"too many arguments\"}", fp);
-      return;
-    }
-    words[n++] = p;
-  }
-  if (n == 0) {
-    fputs ("{\"ok\":false,\"error\":\"empty command: try help\"}", fp);
-    return;
-  }
-
-  efp = open_memstream (&extra, &extra_len);
-  if (efp == NULL) {
-    fputs ("{\"ok\":false,\"error\":\"out of memory\"}", fp);
-    return;
-  }
-
-  if (strcmp (words[0], "snapshot") == 0) {
-    if (check_args (words, n, snapshot_args, err, sizeof err))
-      r = scope_snapshot (arg (words, n, "since"),
-                          arg (words, n, "checkpoint"), efp,
-                          err, sizeof err);
-  }
-  else if (strcmp (words[0], "release") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err))
-      r = scope_release_snapshot (efp, err, sizeof err);
-  }
-  else if (strcmp (words[0], "status") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err)) {
-      scope_status (efp);
-      r = 0;
-    }
-  }
-  else if (strcmp (words[0], "checkpoints") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err)) {
-      fputs (",\"checkpoints\":", efp);
-      dirty_list_json (efp);
-      r = 0;
-    }
-  }
-  else if (strcmp (words[0], "checkpoint") == 0 ||
-           strcmp (words[0], "delete-checkpoint") == 0) {
-    bool create = strcmp (words[0], "checkpoint") == 0;
-    if (n != 2)
-      snprintf (err, sizeof err, "usage: %s NAME", words[0]);
-    else if (dirty_valid_name (words[1], err, sizeof err)) {
-      r = create ? scope_checkpoint (words[1], err, sizeof err)
-        : scope_delete_checkpoint (words[1], err, sizeof err);
-      if (r == 0)
-        fprintf (efp, ",\"checkpoint\":\"%s\"", words[1]);
-    }
-  }
-  else if (strcmp (words[0], "help") == 0) {
-    fputs (",\"commands\":[\"snapshot [since=NAME] [checkpoint=NAME]\","
-           "\"release\",\"status\",\"checkpoint NAME\",\"checkpoints\","
-           "\"delete-checkpoint NAME\",\"help\"]", efp);
-    r = 0;
-  }
-  else
-    snprintf (err, sizeof err, "unknown command %s: try help", words[0]);
-
-  fclose (efp);
-  if (r == 0)
-    fprintf (fp, "{\"ok\":true%s}", extra ? extra : "");
-  else {
-    fputs ("{\"ok\":false,\"error\":", fp);
-    json_string (fp, err[0] ? err : "failed (see the nbdkit log)");
-    fputc ('}', fp);
-  }
-  free (extra);
-}
-
 /* Answer one complete line from client c.  Returns -1 to drop it. */
 static int
 handle_line (struct client *c, char *line)
@@ -336,7 +166,7 @@ handle_line (struct client *c, char *line)
     fprintf (fp, "{\"ok\":false,\"error\":\"line longer than %d bytes\"}",
              MAX_LINE);
   else
-    run_command (line, fp);
+    commands_run (line, fp);
   fputc ('\n', fp);
   fclose (fp);
   r = send_reply (c->fd, reply, len);

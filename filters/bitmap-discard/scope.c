@@ -66,6 +66,7 @@
 #include "bitmap.h"
 #include "cleanup.h"
 #include "rounding.h"
+#include "commands.h"
 #include "dirty.h"
 #include "scope.h"
 
@@ -737,12 +738,8 @@ scope_status (FILE *fp)
            ds.failed ? "true" : "false", ds.nr_checkpoints,
            ds.active_dirty_bytes, ds.syncs, ds.marks_synced);
   if (ds.warning[0]) {
-    const char *p;
-    fputs (",\"warning\":\"", fp);
-    for (p = ds.warning; *p; ++p)
-      if (*p != '"' && *p != '\\' && (unsigned char) *p >= 32)
-        fputc (*p, fp);
-    fputc ('"', fp);
+    fputs (",\"warning\":", fp);
+    json_string (fp, ds.warning);
   }
   if (read_cbw_status (&cs) == 0 && cs.json[0] == '{')
     fprintf (fp, ",\"cbw\":%s", cs.json);
