@@ -15,7 +15,10 @@
 
 #include <config.h>
 
+#include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,11 +26,13 @@
 #include <nbdkit-filter.h>
 
 #include "dirty.h"
+#include "gate.h"
 #include "scope.h"
 #include "commands.h"
 
 #define MAX_WORDS 8             /* the command and its arguments */
 #define MAX_KEYS  4
+#define MAX_FREEZE 3600         /* longest freeze timeout, seconds */
 
 /* A command line cut into words; words[0] is the command. */
 struct args {
@@ -73,12 +78,88 @@ arg (const struct args *a, const char *key)
   return NULL;
 }
 
+/* Parse a positive decimal integer (no sign, no leading zero). */
+static int
+parse_id (const char *key, const char *s, uint64_t *id,
+          char *err, size_t errlen)
+{
+  char *end;
+
+  errno = 0;
+  if (s[0] < '1' || s[0] > '9' ||
+      (*id = strtoull (s, &end, 10), errno != 0) || *end != '\0') {
+    snprintf (err, errlen, "%s=%s: expected a freeze ID (a positive "
+              "integer)", key, s);
+    return -1;
+  }
+  return 0;
+}
+
+/* Parse a number of seconds: digits with an optional decimal point,
+ * greater than 0 and at most MAX_FREEZE.
+ */
+static int
+parse_seconds (const char *key, const char *s, double *secs,
+               char *err, size_t errlen)
+{
+  size_t digits = strspn (s, "0123456789"), frac = 0;
+  char *end;
+
+  if (s[digits] == '.')
+    frac = strspn (s + digits + 1, "0123456789");
+  *secs = strtod (s, &end);
+  if (digits + frac == 0 || *end != '\0' ||
+      (size_t) (end - s) != digits + (s[digits] == '.') + frac ||
+      !(*secs > 0 && *secs <= MAX_FREEZE)) {
+    snprintf (err, errlen, "%s=%s: expected seconds, a number greater "
+              "than 0 and at most %d", key, s, MAX_FREEZE);
+    return -1;
+  }
+  return 0;
+}
+
 /* Snapshot. */
 static int
 cmd_snapshot (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
-  return scope_snapshot (arg (a, "since"), arg (a, "checkpoint"), fp,
-                         err, errlen);
+  const char *f = arg (a, "freeze");
+  uint64_t freeze = 0;
+
+  if (f && parse_id ("freeze", f, &freeze, err, errlen) == -1)
+    return -1;
+  return scope_snapshot (arg (a, "since"), arg (a, "checkpoint"), freeze,
+                         fp, err, errlen);
+}
+
+/* Freeze the writer. */
+static int
+cmd_freeze (const struct args *a, FILE *fp, char *err, size_t errlen)
+{
+  const char *t = arg (a, "timeout");
+  double secs;
+  uint64_t id;
+
+  if (t == NULL) {
+    snprintf (err, errlen, "usage: freeze timeout=SECONDS");
+    return -1;
+  }
+  if (parse_seconds ("timeout", t, &secs, err, errlen) == -1 ||
+      gate_freeze (secs, &id, err, errlen) == -1)
+    return -1;
+  fprintf (fp, ",\"freeze\":%" PRIu64 ",\"timeout\":%.15g", id, secs);
+  return 0;
+}
+
+/* Thaw (idempotent). */
+static int
+cmd_thaw (const struct args *a, FILE *fp, char *err, size_t errlen)
+{
+  bool was_frozen, expired;
+
+  gate_thaw (&was_frozen, &expired);
+  fprintf (fp, ",\"was_frozen\":%s,\"expired\":%s",
+           was_frozen ? "true" : "false", expired ? "true" : "false");
+  return 0;
 }
 
 /* Release. */
@@ -136,14 +217,17 @@ static int cmd_help (const struct args *a, FILE *fp,
                      char *err, size_t errlen);
 
 static const struct command commands[] = {
-  { "snapshot", "snapshot [since=NAME] [checkpoint=NAME]", 0,
-    { "since", "checkpoint", NULL }, cmd_snapshot },
+  { "snapshot", "snapshot [since=NAME] [checkpoint=NAME] [freeze=ID]", 0,
+    { "since", "checkpoint", "freeze", NULL }, cmd_snapshot },
   { "release", "release", 0, { NULL }, cmd_release },
   { "status", "status", 0, { NULL }, cmd_status },
   { "checkpoint", "checkpoint NAME", 1, { NULL }, cmd_checkpoint },
   { "checkpoints", "checkpoints", 0, { NULL }, cmd_checkpoints },
   { "delete-checkpoint", "delete-checkpoint NAME", 1, { NULL },
     cmd_delete_checkpoint },
+  { "freeze", "freeze timeout=SECONDS", 0, { "timeout", NULL },
+    cmd_freeze },
+  { "thaw", "thaw", 0, { NULL }, cmd_thaw },
   { "help", "help", 0, { NULL }, cmd_help },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])

@@ -45,6 +45,7 @@
 
 #include "commands.h"
 #include "control.h"
+#include "gate.h"
 
 #define MAX_LINE    1024
 #define MAX_CLIENTS 16
@@ -347,7 +348,12 @@ control_main (void *arg)
   for (;;) {
     struct pollfd fds[MAX_CLIENTS + 2];
     int timeout = expire_idle ();
+    int freeze_ms = gate_expire ();
     size_t i, n = nr_clients;
+
+    /* Wake up when a freeze ends by itself, to log it on time. */
+    if (freeze_ms >= 0 && (timeout == -1 || freeze_ms < timeout))
+      timeout = freeze_ms;
 
     fds[0].fd = stop_pipe[0];
     fds[0].events = POLLIN;
