@@ -66,6 +66,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "cbw-contract.h"
 #include "cleanup.h"
 #include "rounding.h"
 #include "commands.h"
@@ -76,10 +77,10 @@ uint32_t bd_granularity = 65536;
 bool bd_discard_on_read = false;
 bool bd_have_control = false;
 
-/* The cbw exports below. */
-#define SNAPSHOT_EXPORT "snapshot"
-#define STATUS_EXPORT   "cbw-status"
-#define STATUS_SIZE     4096
+/* The cbw exports below (common/cbw-contract.h). */
+#define SNAPSHOT_EXPORT CBW_SNAPSHOT_EXPORT
+#define STATUS_EXPORT   CBW_STATUS_EXPORT
+#define STATUS_SIZE     CBW_STATUS_SIZE
 
 /* Largest TRIM sent below in one request (a multiple of any
  * granularity).
@@ -386,24 +387,14 @@ struct cbw_status {
   char json[STATUS_SIZE + 1];   /* the line itself, trailing blanks cut */
 };
 
-static uint64_t
-json_number (const char *json, const char *key)
-{
-  char pat[64];
-  const char *p;
-
-  snprintf (pat, sizeof pat, "\"%s\":", key);
-  p = strstr (json, pat);
-  return p ? strtoull (p + strlen (pat), NULL, 10) : 0;
-}
-
 /* Read the "cbw-status" export below. */
 static int
 read_cbw_status (struct cbw_status *st)
 {
   nbdkit_next *next;
   int err = 0, r = -1;
-  const char *p;
+  struct cbw_status_record rec;
+  char msg[128];
   size_t len;
 
   memset (st, 0, sizeof *st);
@@ -422,11 +413,13 @@ read_cbw_status (struct cbw_status *st)
   len = strlen (st->json);
   while (len > 0 && (st->json[len-1] == ' ' || st->json[len-1] == '\n'))
     st->json[--len] = '\0';
-  p = strstr (st->json, "\"state\":\"");
-  if (p)
-    sscanf (p + 9, "%15[a-z]", st->state);
-  st->generation = json_number (st->json, "generation");
-  st->cluster_size = json_number (st->json, "cluster_size");
+  if (cbw_status_parse (st->json, &rec, msg, sizeof msg) == -1) {
+    nbdkit_error ("bitmap-discard: %s", msg);
+    return -1;
+  }
+  memcpy (st->state, rec.state, sizeof st->state);
+  st->generation = rec.generation;
+  st->cluster_size = rec.cluster_size;
   return 0;
 }
 

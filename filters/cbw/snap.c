@@ -107,6 +107,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "cbw-contract.h"
 #include "cleanup.h"
 #include "copy.h"
 #include "engine.h"
@@ -792,13 +793,15 @@ snap_status_json (char *buf, size_t len)
 
   store_status_json (ram, sizeof ram);
   snprintf (buf, len,
-            "{\"state\":\"%s\",\"generation\":%" PRIu64 ","
+            "{\"version\":%d,"
+            "\"state\":\"%s\",\"generation\":%" PRIu64 ","
             "\"cluster_size\":%" PRIu32 ",\"disk_size\":%" PRIu64 ","
             "\"preserved_bytes\":%" PRIu64 ",\"copied_bytes\":%" PRIu64 ","
             "\"released_bytes\":%" PRIu64 ",\"cbw_failures\":%" PRIu64 ","
             "\"broken\":%s,\"snapshot_contexts\":%u,"
             "\"store_allocated_bytes\":%" PRIi64 ",%s}",
-            state_name_locked (), eng.generation, cbw_cluster_size,
+            CBW_STATUS_VERSION, state_name_locked (), eng.generation,
+            cbw_cluster_size,
             eng.disk_size, eng.preserved_bytes, eng.copied_bytes,
             eng.released_bytes, eng.cbw_failures,
             eng.broken ? "true" : "false", contexts,
