@@ -9,8 +9,11 @@
  *   "cbw-status"  4096 bytes of JSON describing the snapshot, for the
  *                 filters above (bitmap-discard) and for people.
  *
- * The engine is in snap.c (see the essay at its top) and the fleece
- * store in store.c.  This file holds the nbdkit callbacks only.
+ * The engine is in snap.c (see the essay at its top), with the
+ * copy-before-write in copy.c and the registry of snapshot reads in
+ * reqlist.c; the fleece store is in store.c.  The export names and
+ * the status record are the contract with the layers above
+ * (common/cbw-contract.h).  This file holds the nbdkit callbacks only.
  */
 
 #include <config.h>
