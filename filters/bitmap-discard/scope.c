@@ -306,6 +306,19 @@ scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
   return release_range (next, offset, count, err);
 }
 
+uint64_t
+scope_run (uint64_t pos, uint64_t end, bool *in)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  uint64_t g = pos / bd_granularity;
+
+  *in = scope_valid && bitmap_get (&scope, g);
+  while (++g < nr_granules && g * bd_granularity < end &&
+         (scope_valid && bitmap_get (&scope, g)) == *in)
+    ;
+  return MIN (g * bd_granularity, end);
+}
+
 int
 scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
                uint32_t flags, struct nbdkit_extents *extents, int *err)
@@ -313,18 +326,8 @@ scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
   uint64_t end = offset + count, pos = offset;
 
   while (pos < end) {
-    uint64_t g = pos / bd_granularity, run_end;
     bool in;
-
-    /* The run of granules with the same scope bit from pos. */
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      in = scope_valid && bitmap_get (&scope, g);
-      while (++g < nr_granules && g * bd_granularity < end &&
-             (scope_valid && bitmap_get (&scope, g)) == in)
-        ;
-    }
-    run_end = MIN (g * bd_granularity, end);
+    uint64_t run_end = scope_run (pos, end, &in);
 
     if (!in) {
       /* Not part of this backup: hole, but not known to be zero, so
@@ -654,6 +657,19 @@ scope_release_snapshot (FILE *fp, char *err, size_t errlen)
   }
   close_holder ();
   return 0;
+}
+
+nbdkit_next *
+scope_holder (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  return state == SC_ACTIVE ? holder : NULL;
+}
+
+uint64_t
+scope_disk_size (void)
+{
+  return disk_size;
 }
 
 int
