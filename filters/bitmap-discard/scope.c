@@ -500,15 +500,15 @@ open_holder (char *err, size_t errlen)
   return 0;
 }
 
-int
-scope_snapshot (const char *since, const char *checkpoint,
-                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+/* Before the snapshot step: refuse what would fail (a snapshot is
+ * active, bad or missing names, cbw missing below or still holding the
+ * previous snapshot, granules that are not whole clusters).  *before
+ * is cbw's status now.
+ */
+static int
+snapshot_check (const char *since, const char *checkpoint,
+                struct cbw_status *before, char *err, size_t errlen)
 {
-  struct cbw_status before, after;
-  struct bitmap newscope;
-  uint64_t bytes;
-  bool made_checkpoint = false;
-
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (state != SC_NONE) {
@@ -532,24 +532,66 @@ scope_snapshot (const char *since, const char *checkpoint,
       return -1;
     }
   }
-  if (read_cbw_status (&before) == -1) {
+  if (read_cbw_status (before) == -1) {
     snprintf (err, errlen, "cannot read \"cbw-status\" below: this "
               "filter must sit above the cbw filter");
     return -1;
   }
-  if (before.cluster_size == 0 || bd_granularity % before.cluster_size) {
+  if (before->cluster_size == 0 || bd_granularity % before->cluster_size) {
     snprintf (err, errlen, "bitmap-granularity=%" PRIu32 " is not a "
               "multiple of cbw-cluster-size=%" PRIu64 ": restart nbdkit "
-              "with matching values", bd_granularity, before.cluster_size);
+              "with matching values", bd_granularity, before->cluster_size);
     return -1;
   }
-  if (strcmp (before.state, "none") != 0) {
+  if (strcmp (before->state, "none") != 0) {
     snprintf (err, errlen, "the cbw filter still holds the previous "
               "snapshot (state %s: clients still connected to "
               "\"snapshot\", or cbw-linger): disconnect them or wait, "
-              "then retry", before.state);
+              "then retry", before->state);
     return -1;
   }
+  return 0;
+}
+
+/* The snapshot is taken: record it and print the reply fields. */
+static void
+snapshot_publish (const char *since, const char *checkpoint,
+                  uint64_t freeze, uint64_t bytes, FILE *fp)
+{
+  uint64_t gen;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    state = SC_ACTIVE;
+    gen = ++generation;
+    scope_bytes = bytes;
+    released_bytes = 0;
+    strcpy (since_name, since ? since : "");
+    strcpy (ckpt_name, checkpoint ? checkpoint : "");
+  }
+  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
+           gen, bytes);
+  if (since)
+    fprintf (fp, ",\"since\":\"%s\"", since);
+  if (checkpoint)
+    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+  if (freeze)
+    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
+  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
+                PRIu64 " bytes", gen, bytes);
+}
+
+int
+scope_snapshot (const char *since, const char *checkpoint,
+                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+{
+  struct cbw_status before, after;
+  struct bitmap newscope;
+  uint64_t bytes;
+  bool made_checkpoint = false;
+
+  if (snapshot_check (since, checkpoint, &before, err, errlen) == -1)
+    return -1;
   if (bitmap_init (&newscope, 1, nr_granules) == -1) {
     snprintf (err, errlen, "out of memory");
     return -1;
@@ -595,28 +637,10 @@ scope_snapshot (const char *since, const char *checkpoint,
     close_holder ();
     goto fail;
   }
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    state = SC_ACTIVE;
-    generation++;
-    scope_bytes = bytes;
-    released_bytes = 0;
-    strcpy (since_name, since ? since : "");
-    strcpy (ckpt_name, checkpoint ? checkpoint : "");
-  }
+  snapshot_publish (since, checkpoint, freeze, bytes, fp);
 
   /* 6. */
   gate_release ();
-  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
-           generation, bytes);
-  if (since)
-    fprintf (fp, ",\"since\":\"%s\"", since);
-  if (checkpoint)
-    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
-  if (freeze)
-    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
-  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
-                PRIu64 " bytes", generation, bytes);
   return 0;
 
  fail:
