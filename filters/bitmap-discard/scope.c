@@ -307,6 +307,19 @@ scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
   return release_range (next, offset, count, err);
 }
 
+uint64_t
+scope_run (uint64_t pos, uint64_t end, bool *in)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  uint64_t g = pos / bd_granularity;
+
+  *in = scope_valid && bitmap_get (&scope, g);
+  while (++g < nr_granules && g * bd_granularity < end &&
+         (scope_valid && bitmap_get (&scope, g)) == *in)
+    ;
+  return MIN (g * bd_granularity, end);
+}
+
 int
 scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
                uint32_t flags, struct nbdkit_extents *extents, int *err)
@@ -314,18 +327,8 @@ scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
   uint64_t end = offset + count, pos = offset;
 
   while (pos < end) {
-    uint64_t g = pos / bd_granularity, run_end;
     bool in;
-
-    /* The run of granules with the same scope bit from pos. */
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      in = scope_valid && bitmap_get (&scope, g);
-      while (++g < nr_granules && g * bd_granularity < end &&
-             (scope_valid && bitmap_get (&scope, g)) == in)
-        ;
-    }
-    run_end = MIN (g * bd_granularity, end);
+    uint64_t run_end = scope_run (pos, end, &in);
 
     if (!in) {
       /* Not part of this backup: hole, but not known to be zero, so
@@ -490,15 +493,15 @@ open_holder (char *err, size_t errlen)
   return 0;
 }
 
-int
-scope_snapshot (const char *since, const char *checkpoint,
-                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+/* Before the snapshot step: refuse what would fail (a snapshot is
+ * active, bad or missing names, cbw missing below or still holding the
+ * previous snapshot, granules that are not whole clusters).  *before
+ * is cbw's status now.
+ */
+static int
+snapshot_check (const char *since, const char *checkpoint,
+                struct cbw_status *before, char *err, size_t errlen)
 {
-  struct cbw_status before, after;
-  struct bitmap newscope;
-  uint64_t bytes;
-  bool made_checkpoint = false;
-
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (state != SC_NONE) {
@@ -522,24 +525,66 @@ scope_snapshot (const char *since, const char *checkpoint,
       return -1;
     }
   }
-  if (read_cbw_status (&before) == -1) {
+  if (read_cbw_status (before) == -1) {
     snprintf (err, errlen, "cannot read \"cbw-status\" below: this "
               "filter must sit above the cbw filter");
     return -1;
   }
-  if (before.cluster_size == 0 || bd_granularity % before.cluster_size) {
+  if (before->cluster_size == 0 || bd_granularity % before->cluster_size) {
     snprintf (err, errlen, "bitmap-granularity=%" PRIu32 " is not a "
               "multiple of cbw-cluster-size=%" PRIu64 ": restart nbdkit "
-              "with matching values", bd_granularity, before.cluster_size);
+              "with matching values", bd_granularity, before->cluster_size);
     return -1;
   }
-  if (strcmp (before.state, "none") != 0) {
+  if (strcmp (before->state, "none") != 0) {
     snprintf (err, errlen, "the cbw filter still holds the previous "
               "snapshot (state %s: clients still connected to "
               "\"snapshot\", or cbw-linger): disconnect them or wait, "
-              "then retry", before.state);
+              "then retry", before->state);
     return -1;
   }
+  return 0;
+}
+
+/* The snapshot is taken: record it and print the reply fields. */
+static void
+snapshot_publish (const char *since, const char *checkpoint,
+                  uint64_t freeze, uint64_t bytes, FILE *fp)
+{
+  uint64_t gen;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    state = SC_ACTIVE;
+    gen = ++generation;
+    scope_bytes = bytes;
+    released_bytes = 0;
+    strcpy (since_name, since ? since : "");
+    strcpy (ckpt_name, checkpoint ? checkpoint : "");
+  }
+  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
+           gen, bytes);
+  if (since)
+    fprintf (fp, ",\"since\":\"%s\"", since);
+  if (checkpoint)
+    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+  if (freeze)
+    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
+  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
+                PRIu64 " bytes", gen, bytes);
+}
+
+int
+scope_snapshot (const char *since, const char *checkpoint,
+                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+{
+  struct cbw_status before, after;
+  struct bitmap newscope;
+  uint64_t bytes;
+  bool made_checkpoint = false;
+
+  if (snapshot_check (since, checkpoint, &before, err, errlen) == -1)
+    return -1;
   if (bitmap_init (&newscope, 1, nr_granules) == -1) {
     snprintf (err, errlen, "out of memory");
     return -1;
@@ -585,28 +630,10 @@ scope_snapshot (const char *since, const char *checkpoint,
     close_holder ();
     goto fail;
   }
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    state = SC_ACTIVE;
-    generation++;
-    scope_bytes = bytes;
-    released_bytes = 0;
-    strcpy (since_name, since ? since : "");
-    strcpy (ckpt_name, checkpoint ? checkpoint : "");
-  }
+  snapshot_publish (since, checkpoint, freeze, bytes, fp);
 
   /* 6. */
   gate_release ();
-  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
-           generation, bytes);
-  if (since)
-    fprintf (fp, ",\"since\":\"%s\"", since);
-  if (checkpoint)
-    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
-  if (freeze)
-    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
-  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
-                PRIu64 " bytes", generation, bytes);
   return 0;
 
  fail:
@@ -647,6 +674,19 @@ scope_release_snapshot (FILE *fp, char *err, size_t errlen)
   }
   close_holder ();
   return 0;
+}
+
+nbdkit_next *
+scope_holder (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  return state == SC_ACTIVE ? holder : NULL;
+}
+
+uint64_t
+scope_disk_size (void)
+{
+  return disk_size;
 }
 
 int
