@@ -260,6 +260,15 @@ dirty_valid_name (const char *name, char *err, size_t errlen)
   return true;
 }
 
+/* Size the bitmaps for a disk of size bytes. */
+static void
+set_size (uint64_t size)
+{
+  disk_size = size;
+  nr_granules = (size + granularity - 1) / granularity;
+  bits_size = (nr_granules + 7) / 8;
+}
+
 /* Number of bytes of the disk covered by the set bits of bm. */
 static uint64_t
 bits_bytes (const struct bitmap *bm)
@@ -359,7 +368,15 @@ write_file (const struct ckpt *c, int *fdp)
     return -1;
   }
 
-  fd = open (tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  /* Never open what a crash or someone else left at tmp (it could be
+   * a FIFO or a symlink): remove it and create the file anew.
+   */
+  if (unlink (tmp) == -1 && errno != ENOENT) {
+    nbdkit_error ("bitmap-discard: unlink: %s: %m", tmp);
+    free (hdr);
+    return -1;
+  }
+  fd = open (tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd == -1) {
     nbdkit_error ("bitmap-discard: open: %s: %m", tmp);
     free (hdr);
@@ -407,7 +424,16 @@ compact_active (void)
   return 0;
 }
 
-/* Read a whole file. */
+#define WHAT_TO_DO \
+  " move the *.bitmap files out of bitmap-dir (the next backup must " \
+  "then be a full one, taken with \"snapshot checkpoint=NAME\") and " \
+  "start nbdkit again"
+#define UNTRUSTED "; it cannot be trusted:" WHAT_TO_DO
+
+/* Read a whole file.  Only a regular file is read: opening does not
+ * follow a symlink or wait for a FIFO's writer (O_NONBLOCK), so no
+ * stray special file in bitmap-dir can hang the start.
+ */
 static unsigned char *
 read_file (const char *path, size_t *len)
 {
@@ -416,10 +442,21 @@ read_file (const char *path, size_t *len)
   unsigned char *buf;
   size_t done = 0;
 
-  fd = open (path, O_RDONLY | O_CLOEXEC);
+  fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
   if (fd == -1 || fstat (fd, &st) == -1) {
-    nbdkit_error ("bitmap-discard: open: %s: %m", path);
+    if (errno == ELOOP)
+      nbdkit_error ("bitmap-discard: %s: is a symbolic link: bitmap files "
+                    "must be regular files;" WHAT_TO_DO, path);
+    else
+      nbdkit_error ("bitmap-discard: open: %s: %m", path);
     if (fd >= 0) close (fd);
+    return NULL;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    nbdkit_error ("bitmap-discard: %s: not a regular file (a FIFO, "
+                  "device, socket or directory): bitmap files must be "
+                  "regular files;" WHAT_TO_DO, path);
+    close (fd);
     return NULL;
   }
   buf = malloc (st.st_size + 1);
@@ -443,12 +480,6 @@ read_file (const char *path, size_t *len)
   *len = done;
   return buf;
 }
-
-#define WHAT_TO_DO \
-  " move the *.bitmap files out of bitmap-dir (the next backup must " \
-  "then be a full one, taken with \"snapshot checkpoint=NAME\") and " \
-  "start nbdkit again"
-#define UNTRUSTED "; it cannot be trusted:" WHAT_TO_DO
 
 /* Load and check one file into c.  fname is the file's name in dir. */
 static int
@@ -488,13 +519,17 @@ load_file (const char *fname, struct ckpt *c)
                   path, get32 (buf + HDR_VERSION), FORMAT_VERSION);
     return -1;
   }
+  /* The first file gives the disk size (dirty_start checks it against
+   * the disk); the others must agree.
+   */
   v = get64 (buf + HDR_DISK_SIZE);
-  if (v != disk_size) {
+  if (nr_ckpts == 0)
+    set_size (v);
+  else if (v != disk_size) {
     nbdkit_error ("bitmap-discard: %s: made for a disk of %" PRIu64
-                  " bytes, but this disk has %" PRIu64 " bytes: is "
-                  "bitmap-dir the right one for this disk?  If the disk "
-                  "was resized, the bitmaps are useless:" WHAT_TO_DO,
-                  path, v, disk_size);
+                  " bytes, but %s.bitmap for one of %" PRIu64 " bytes: "
+                  "the files come from different disks" UNTRUSTED,
+                  path, v, ckpts[0].name, disk_size);
     return -1;
   }
   if (get32 (buf + HDR_GRANULARITY) != granularity) {
@@ -747,16 +782,12 @@ open_active (void)
 }
 
 int
-dirty_open (const char *d, uint64_t size, uint32_t gran)
+dirty_open (const char *d, uint32_t gran)
 {
   DIR *dp;
   struct dirent *de;
-  size_t i;
 
-  disk_size = size;
   granularity = gran;
-  nr_granules = (size + gran - 1) / gran;
-  bits_size = (nr_granules + 7) / 8;
   dir = strdup (d);
   if (dir == NULL) {
     nbdkit_error ("strdup: %m");
@@ -808,9 +839,18 @@ dirty_open (const char *d, uint64_t size, uint32_t gran)
     return -1;
   }
 
-  /* Finish interrupted deletes, then freeze any older file that a
-   * crash during checkpoint creation left active.
-   */
+  nbdkit_debug ("bitmap-discard: %s: %zu checkpoints", dir, nr_ckpts);
+  return 0;
+}
+
+/* Finish interrupted deletes, then freeze any older file that a crash
+ * during checkpoint creation left active, and open the newest file.
+ */
+static int
+recover_chain (void)
+{
+  size_t i;
+
   for (i = 0; i < nr_ckpts; ) {
     if (ckpts[i].state == ST_DELETING) {
       nbdkit_debug ("bitmap-discard: finishing the deletion of "
@@ -829,8 +869,26 @@ dirty_open (const char *d, uint64_t size, uint32_t gran)
     }
   if (nr_ckpts > 0)
     ckpts[nr_ckpts-1].state = ST_ACTIVE;
-  nbdkit_debug ("bitmap-discard: %s: %zu checkpoints", dir, nr_ckpts);
   return open_active ();
+}
+
+int
+dirty_start (uint64_t size)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  if (dir == NULL)
+    return 0;
+  if (nr_ckpts > 0 && size != disk_size) {
+    nbdkit_error ("bitmap-discard: %s: the checkpoints were made for a "
+                  "disk of %" PRIu64 " bytes, but this disk has %" PRIu64
+                  " bytes: is bitmap-dir the right one for this disk?  "
+                  "If the disk was resized, the bitmaps are useless:"
+                  WHAT_TO_DO, dir, disk_size, size);
+    return -1;
+  }
+  if (nr_ckpts == 0)
+    set_size (size);
+  return recover_chain ();
 }
 
 void

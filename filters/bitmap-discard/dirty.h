@@ -20,13 +20,18 @@
 extern bool dirty_valid_name (const char *name, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
 
-/* Load (or start) the bitmaps in dir for a disk of disk_size bytes
- * tracked in granules of granularity bytes.  Any file that fails its
- * checks makes this fail with an error saying what to do.
+/* Load (or start) the bitmaps in dir, tracked in granules of
+ * granularity bytes.  Any file that fails its checks makes this fail
+ * with an error saying what to do.  It reads nothing but the
+ * directory, so it runs before nbdkit forks.
  */
-extern int dirty_open (const char *dir, uint64_t disk_size,
-                       uint32_t granularity)
+extern int dirty_open (const char *dir, uint32_t granularity)
   __attribute__ ((__nonnull__ (1)));
+
+/* Check the loaded bitmaps against the disk (of size bytes) once the
+ * layers below can be asked.
+ */
+extern int dirty_start (uint64_t size);
 
 /* Write the active bitmap compactly and release everything. */
 extern void dirty_close (void);
