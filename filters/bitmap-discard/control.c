@@ -214,6 +214,7 @@ run_command (char *line, FILE *fp)
 {
   static const char *const snapshot_args[] = { "since", "checkpoint", NULL };
   static const char *const no_args[] = { NULL };
+  static const char *const release_args[] = { "result", NULL };
   char *words[MAX_WORDS], *p, *save = NULL;
   size_t n = 0;
   char err[512] = "";
@@ -259,8 +260,16 @@ run_command (char *line, FILE *fp)
                           err, sizeof err);
   }
   else if (strcmp (words[0], "release") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err))
-      r = scope_release_snapshot (efp, err, sizeof err);
+    const char *result = arg (words, n, "result");
+    if (!check_args (words, n, release_args, err, sizeof err))
+      ;
+    else if (result && strcmp (result, "ok") != 0 &&
+             strcmp (result, "failed") != 0)
+      snprintf (err, sizeof err, "result=%s: must be ok or failed",
+                result);
+    else
+      r = scope_release_snapshot (!result || strcmp (result, "ok") == 0,
+                                  efp, err, sizeof err);
   }
   else if (strcmp (words[0], "status") == 0) {
     if (check_args (words, n, no_args, err, sizeof err)) {
@@ -289,7 +298,7 @@ run_command (char *line, FILE *fp)
   }
   else if (strcmp (words[0], "help") == 0) {
     fputs (",\"commands\":[\"snapshot [since=NAME] [checkpoint=NAME]\","
-           "\"release\",\"status\",\"checkpoint NAME\",\"checkpoints\","
+           "\"release [result=ok|failed]\",\"status\",\"checkpoint NAME\",\"checkpoints\","
            "\"delete-checkpoint NAME\",\"help\"]", efp);
     r = 0;
   }

@@ -60,8 +60,12 @@ extern int scope_extents (nbdkit_next *next, uint32_t count,
 extern int scope_snapshot (const char *since, const char *checkpoint,
                            FILE *fp, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (3, 4)));
-extern int scope_release_snapshot (FILE *fp, char *err, size_t errlen)
-  __attribute__ ((__nonnull__ (1, 2)));
+/* ok: the backup succeeded (release result=ok): commit the pending
+ * checkpoint, unless the snapshot broke; otherwise drop it.
+ */
+extern int scope_release_snapshot (bool ok, FILE *fp, char *err,
+                                   size_t errlen)
+  __attribute__ ((__nonnull__ (2, 3)));
 extern void scope_status (FILE *fp) __attribute__ ((__nonnull__ (1)));
 extern int scope_checkpoint (const char *name, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
