@@ -192,11 +192,21 @@ cmd_thaw (const struct args *a, FILE *fp, char *err, size_t errlen)
   return 0;
 }
 
-/* Release. */
+/* Release: result=ok (the default) commits the pending checkpoint,
+ * result=failed drops it.
+ */
 static int
 cmd_release (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
-  return scope_release_snapshot (fp, err, errlen);
+  const char *result = arg (a, "result");
+
+  if (result && strcmp (result, "ok") != 0 &&
+      strcmp (result, "failed") != 0) {
+    snprintf (err, errlen, "result=%s: expected ok or failed", result);
+    return -1;
+  }
+  return scope_release_snapshot (!result || strcmp (result, "ok") == 0,
+                                 fp, err, errlen);
 }
 
 /* Status. */
@@ -249,7 +259,8 @@ static int cmd_help (const struct args *a, FILE *fp,
 static const struct command commands[] = {
   { "snapshot", "snapshot [since=NAME] [checkpoint=NAME] [freeze=ID]", 0,
     { "since", "checkpoint", "freeze", NULL }, cmd_snapshot },
-  { "release", "release", 0, { NULL }, cmd_release },
+  { "release", "release [result=ok|failed]", 0, { "result", NULL },
+    cmd_release },
   { "status", "status", 0, { NULL }, cmd_status },
   { "checkpoint", "checkpoint NAME", 1, { NULL }, cmd_checkpoint },
   { "checkpoints", "checkpoints", 0, { NULL }, cmd_checkpoints },

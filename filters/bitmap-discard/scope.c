@@ -602,7 +602,7 @@ scope_snapshot (const char *since, const char *checkpoint,
 
   /* 2. The checkpoint. */
   if (checkpoint) {
-    if (dirty_checkpoint_create (checkpoint, err, errlen) == -1)
+    if (dirty_checkpoint_create (checkpoint, true, err, errlen) == -1)
       goto fail;
     made_checkpoint = true;
   }
@@ -642,8 +642,8 @@ scope_snapshot (const char *since, const char *checkpoint,
     scope_valid = false;
   }
   if (made_checkpoint) {
-    char e2[256];
-    if (dirty_checkpoint_delete (checkpoint, e2, sizeof e2) == -1)
+    char e2[256], name[CKPT_NAME_MAX + 1];
+    if (dirty_checkpoint_settle (false, name, e2, sizeof e2) == -1)
       nbdkit_debug ("bitmap-discard: undoing checkpoint %s: %s",
                     checkpoint, e2);
   }
@@ -652,9 +652,41 @@ scope_snapshot (const char *since, const char *checkpoint,
   return -1;
 }
 
-int
-scope_release_snapshot (FILE *fp, char *err, size_t errlen)
+/* The end of a backup decides its pending checkpoint: committed if
+ * the backup says it succeeded and the snapshot did not break below,
+ * otherwise dropped.  Print the decision into the reply.
+ */
+static int
+settle_checkpoint (bool ok, FILE *fp, char *err, size_t errlen)
 {
+  struct cbw_status cs;
+  const char *reason = NULL;
+  char name[CKPT_NAME_MAX + 1];
+
+  if (!ok)
+    reason = "the backup reported result=failed";
+  else if (read_cbw_status (&cs) == -1)
+    reason = "the state of the snapshot below could not be read";
+  else if (strstr (cs.json, "\"broken\":true"))
+    reason = "the snapshot broke below (see cbw in status)";
+  if (dirty_checkpoint_settle (reason == NULL, name, err, errlen) == -1)
+    return -1;
+  if (name[0] == '\0') {
+    fputs (",\"checkpoint\":null,\"committed\":false", fp);
+    return 0;
+  }
+  fprintf (fp, ",\"checkpoint\":\"%s\",\"committed\":%s", name,
+           reason ? "false" : "true");
+  if (reason)
+    fprintf (fp, ",\"dropped_reason\":\"%s\"", reason);
+  return 0;
+}
+
+int
+scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
+{
+  int r;
+
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (state != SC_ACTIVE) {
@@ -672,8 +704,10 @@ scope_release_snapshot (FILE *fp, char *err, size_t errlen)
     while (opening > 0)
       pthread_cond_wait (&cond, &lock);
   }
+  /* Decide while the holder still pins the snapshot below. */
+  r = settle_checkpoint (ok, fp, err, errlen);
   close_holder ();
-  return 0;
+  return r;
 }
 
 nbdkit_next *
@@ -695,7 +729,7 @@ scope_checkpoint (const char *name, char *err, size_t errlen)
   int r;
 
   gate_hold ();
-  r = dirty_checkpoint_create (name, err, errlen);
+  r = dirty_checkpoint_create (name, false, err, errlen);
   gate_release ();
   return r;
 }
@@ -740,6 +774,10 @@ scope_status (FILE *fp)
            ds.enabled ? "true" : "false", ds.tracking ? "true" : "false",
            ds.failed ? "true" : "false", ds.nr_checkpoints,
            ds.active_dirty_bytes, ds.syncs, ds.marks_synced);
+  if (ds.pending[0])
+    fprintf (fp, ",\"pending_checkpoint\":\"%s\"", ds.pending);
+  else
+    fputs (",\"pending_checkpoint\":null", fp);
   fprintf (fp, ",\"frozen\":%s", gs.frozen ? "true" : "false");
   if (gs.frozen)
     fprintf (fp, ",\"freeze\":%" PRIu64, gs.freeze_id);

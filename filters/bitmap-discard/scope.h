@@ -64,8 +64,12 @@ extern int scope_snapshot (const char *since, const char *checkpoint,
                            uint64_t freeze, FILE *fp,
                            char *err, size_t errlen)
   __attribute__ ((__nonnull__ (4, 5)));
-extern int scope_release_snapshot (FILE *fp, char *err, size_t errlen)
-  __attribute__ ((__nonnull__ (1, 2)));
+/* ok: the backup succeeded (release result=ok): commit the pending
+ * checkpoint, unless the snapshot broke; otherwise drop it.
+ */
+extern int scope_release_snapshot (bool ok, FILE *fp, char *err,
+                                   size_t errlen)
+  __attribute__ ((__nonnull__ (2, 3)));
 extern void scope_status (FILE *fp) __attribute__ ((__nonnull__ (1)));
 /* Our context on "snapshot" below (control thread only), or NULL if
  * no snapshot is active (taken on the control socket).
