@@ -43,6 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 #include <pthread.h>
 
@@ -54,6 +56,7 @@
 #include "cleanup.h"
 #include "link.h"
 #include "nbdconn.h"
+#include "params.h"
 
 /* Back-off between connection attempts, in seconds. */
 #define BACKOFF_MIN 0.1
@@ -74,6 +77,11 @@ struct pool {
 static const char *live_uri;
 static double reconnect_delay = 10;
 static unsigned nconns = 1;     /* connections per pool */
+static int tls = -1;            /* LIBNBD_TLS_*, -1: libnbd's default */
+static char *tls_certificates;  /* absolute paths */
+static char *tls_psk;
+static const char *tls_username;
+static int tls_verify = -1;     /* -1: libnbd's default */
 
 /* Read in link_get_ready; never changed after. */
 static struct link_caps caps;
@@ -113,6 +121,46 @@ parse_seconds (const char *key, const char *value, double *ret)
   return 0;
 }
 
+/* The TLS keys: 1 if KEY is one of them, -1 on a bad value. */
+static int
+tls_config (const char *key, const char *value)
+{
+  bool b;
+
+  if (strcmp (key, "tls") == 0) {
+    if (strcmp (value, "require") == 0)
+      tls = LIBNBD_TLS_REQUIRE;
+    else if (param_bool ("fleece", key, value, &b) == 0)
+      tls = b ? LIBNBD_TLS_ALLOW : LIBNBD_TLS_DISABLE;
+    else {
+      nbdkit_error ("fleece: tls=%s: expected off, on or require", value);
+      return -1;
+    }
+    return 1;
+  }
+  if (strcmp (key, "tls-verify") == 0) {
+    if (param_bool ("fleece", key, value, &b) == -1)
+      return -1;
+    tls_verify = b;
+    return 1;
+  }
+  if (strcmp (key, "tls-username") == 0) {
+    tls_username = value;
+    return 1;
+  }
+  /* Files are opened again at each reconnection, after nbdkit has
+   * changed directory: keep them absolute.
+   */
+  if (strcmp (key, "tls-certificates") == 0 || strcmp (key, "tls-psk") == 0) {
+    char **p = key[4] == 'c' ? &tls_certificates : &tls_psk;
+
+    free (*p);
+    *p = nbdkit_absolute_path (value);
+    return *p ? 1 : -1;
+  }
+  return 0;
+}
+
 int
 link_config (const char *key, const char *value)
 {
@@ -126,6 +174,80 @@ link_config (const char *key, const char *value)
   }
   if (strcmp (key, "live-reconnect-delay") == 0)
     return parse_seconds (key, value, &reconnect_delay) == -1 ? -1 : 1;
+  return tls_config (key, value);
+}
+
+/* Check a TLS file parameter: a directory or a regular file that we
+ * can read.
+ */
+static int
+tls_check_path (const char *key, const char *path, bool dir)
+{
+  struct stat st;
+
+  if (stat (path, &st) == -1 || access (path, R_OK) == -1) {
+    nbdkit_error ("fleece: %s=%s: %m", key, path);
+    return -1;
+  }
+  if (dir ? !S_ISDIR (st.st_mode) : !S_ISREG (st.st_mode)) {
+    nbdkit_error ("fleece: %s=%s: not a %s", key, path,
+                  dir ? "directory" : "regular file");
+    return -1;
+  }
+  return 0;
+}
+
+/* TLS settings that need the others, and libnbd's support. */
+static int
+tls_config_complete (struct nbd_handle *h)
+{
+  bool uri_tls = strncmp (live_uri, "nbds", 4) == 0;
+  bool want = tls > LIBNBD_TLS_DISABLE || (tls == -1 && uri_tls);
+  bool extra = tls_certificates || tls_psk || tls_username ||
+    tls_verify != -1;
+
+  if (tls == LIBNBD_TLS_DISABLE && uri_tls) {
+    nbdkit_error ("fleece: tls=off, but live=%s asks for TLS", live_uri);
+    return -1;
+  }
+  if (extra && !want) {
+    nbdkit_error ("fleece: tls-* parameters given but TLS is off: "
+                  "add tls=require (or use an nbds URI)");
+    return -1;
+  }
+  if (tls_certificates && tls_psk) {
+    nbdkit_error ("fleece: tls-certificates and tls-psk cannot be "
+                  "used together");
+    return -1;
+  }
+  if (want && !nbd_supports_tls (h)) {
+    nbdkit_error ("fleece: TLS was asked for, but this libnbd was "
+                  "built without TLS support");
+    return -1;
+  }
+  if (tls_certificates &&
+      tls_check_path ("tls-certificates", tls_certificates, true) == -1)
+    return -1;
+  if (tls_psk && tls_check_path ("tls-psk", tls_psk, false) == -1)
+    return -1;
+  return 0;
+}
+
+/* Apply the TLS settings to a handle before it connects. */
+static int
+tls_setup (struct nbd_handle *h)
+{
+  if (tls != -1 && nbd_set_tls (h, tls) == -1)
+    return -1;
+  if (tls_certificates &&
+      nbd_set_tls_certificates (h, tls_certificates) == -1)
+    return -1;
+  if (tls_psk && nbd_set_tls_psk_file (h, tls_psk) == -1)
+    return -1;
+  if (tls_username && nbd_set_tls_username (h, tls_username) == -1)
+    return -1;
+  if (tls_verify != -1 && nbd_set_tls_verify_peer (h, tls_verify) == -1)
+    return -1;
   return 0;
 }
 
@@ -149,6 +271,10 @@ link_config_complete (void)
   }
   if (!nbd_supports_uri (h)) {
     nbdkit_error ("fleece: this libnbd was built without URI support");
+    nbd_close (h);
+    return -1;
+  }
+  if (tls_config_complete (h) == -1) {
     nbd_close (h);
     return -1;
   }
@@ -215,7 +341,8 @@ pool_connect (unsigned n, char *msg, size_t len)
       goto err;
     }
     p->conns[p->n] = c;
-    if (nbdconn_try_connect_uri (c, live_uri) == -1) {
+    if (tls_setup (nbdconn_handle (c)) == -1 ||
+        nbdconn_try_connect_uri (c, live_uri) == -1) {
       snprintf (msg, len, "cannot connect to %s: %s",
                 live_uri, nbd_get_error ());
       p->n++;
@@ -345,7 +472,12 @@ link_get_ready (void)
 
   p = pool_connect (1, msg, sizeof msg);
   if (p == NULL) {
-    nbdkit_error ("fleece: live disk: %s", msg);
+    /* gnutls' messages do not say which setting is wrong. */
+    bool tls_failed = strstr (msg, "gnutls") || strstr (msg, "TLS");
+
+    nbdkit_error ("fleece: live disk: %s%s", msg,
+                  tls_failed ? " (check tls, tls-psk, tls-username, "
+                  "tls-certificates and the server's TLS settings)" : "");
     return -1;
   }
   if (caps_read (nbdconn_handle (p->conns[0]), &caps) == -1) {
@@ -505,6 +637,8 @@ link_unload (void)
   }
   if (p)
     pool_put (p);
+  free (tls_certificates);
+  free (tls_psk);
 }
 
 const struct link_caps *

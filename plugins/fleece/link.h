@@ -49,7 +49,12 @@ extern int link_config_complete (void);
 #define link_config_help \
   "live=<URI>       (required) NBD URI of the live disk.\n" \
   "live-reconnect-delay=<SECS>\n" \
-  "                 How long requests wait for a lost live disk (10)."
+  "                 How long requests wait for a lost live disk (10).\n" \
+  "tls=off|on|require  TLS to the live disk (libnbd's default).\n" \
+  "tls-certificates=<DIR>  X.509 certificates directory.\n" \
+  "tls-psk=<FILE>   PSK keys file.\n" \
+  "tls-username=<NAME>  TLS user name (default: login name).\n" \
+  "tls-verify=<BOOL>  Verify the server's certificate (true)."
 
 /* .get_ready: connect and read the capabilities. */
 extern int link_get_ready (void);
