@@ -62,6 +62,10 @@
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 1.0
 
+/* live-connections: the most, and the default (at most one per CPU). */
+#define MAX_CONNECTIONS 64
+#define DEFAULT_CONNECTIONS 4
+
 /* How often the reconnect thread looks at connections that are up. */
 #define WATCH_INTERVAL 0.5
 
@@ -76,7 +80,8 @@ struct pool {
 /* Settings, from .config; never changed after. */
 static const char *live_uri;
 static double reconnect_delay = 10;
-static unsigned nconns = 1;     /* connections per pool */
+static unsigned nconns_wanted;  /* live-connections, 0: default */
+static unsigned nconns = 1;     /* connections per pool (get_ready) */
 static int tls = -1;            /* LIBNBD_TLS_*, -1: libnbd's default */
 static char *tls_certificates;  /* absolute paths */
 static char *tls_psk;
@@ -174,6 +179,16 @@ link_config (const char *key, const char *value)
   }
   if (strcmp (key, "live-reconnect-delay") == 0)
     return parse_seconds (key, value, &reconnect_delay) == -1 ? -1 : 1;
+  if (strcmp (key, "live-connections") == 0) {
+    if (nbdkit_parse_unsigned (key, value, &nconns_wanted) == -1)
+      return -1;
+    if (nconns_wanted < 1 || nconns_wanted > MAX_CONNECTIONS) {
+      nbdkit_error ("fleece: live-connections=%s: expected 1 to %d",
+                    value, MAX_CONNECTIONS);
+      return -1;
+    }
+    return 1;
+  }
   return tls_config (key, value);
 }
 
@@ -464,6 +479,27 @@ ts_now (void)
   return t;
 }
 
+/* How many connections to use: several only if the live disk says
+ * that they see each other's writes at once (multi-conn).
+ */
+static unsigned
+choose_connections (void)
+{
+  long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+  unsigned n = nconns_wanted;
+
+  if (n == 0)
+    n = cpus > 0 && cpus < DEFAULT_CONNECTIONS ? cpus : DEFAULT_CONNECTIONS;
+  if (n > 1 && !caps.multi_conn) {
+    nbdkit_debug ("fleece: the live disk does not advertise multi-conn: "
+                  "one connection%s",
+                  nconns_wanted > 1 ? " (live-connections ignored)" : "");
+    n = 1;
+  }
+  nbdkit_debug ("fleece: %u connection(s) to the live disk", n);
+  return n;
+}
+
 int
 link_get_ready (void)
 {
@@ -488,6 +524,15 @@ link_get_ready (void)
   }
   nbdkit_debug ("fleece: connected to %s, size %" PRIi64,
                 live_uri, caps.size);
+  nconns = choose_connections ();
+  if (nconns > 1) {
+    pool_free (p);
+    p = pool_connect (nconns, msg, sizeof msg);
+    if (p == NULL) {
+      nbdkit_error ("fleece: live disk: %s", msg);
+      return -1;
+    }
+  }
   cur = p;
   return 0;
 }

@@ -50,6 +50,8 @@ extern int link_config_complete (void);
   "live=<URI>       (required) NBD URI of the live disk.\n" \
   "live-reconnect-delay=<SECS>\n" \
   "                 How long requests wait for a lost live disk (10).\n" \
+  "live-connections=<N>  Connections to the live disk (4 at most\n" \
+  "                 one per CPU; 1 without multi-conn).\n" \
   "tls=off|on|require  TLS to the live disk (libnbd's default).\n" \
   "tls-certificates=<DIR>  X.509 certificates directory.\n" \
   "tls-psk=<FILE>   PSK keys file.\n" \
