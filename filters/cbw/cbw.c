@@ -35,7 +35,6 @@
 /* Export names. */
 #define SNAPSHOT_EXPORT "snapshot"
 #define STATUS_EXPORT   "cbw-status"
-#define LIVE_STATUS_EXPORT "live-status" /* the fleece plugin's */
 
 /* Size of the status export. */
 #define STATUS_SIZE 4096
@@ -195,18 +194,9 @@ cbw_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 {
   struct cbw_handle *h;
   enum export_kind kind;
-  const char *below = "";
 
   if (strcmp (exportname, "") == 0)
     kind = EXPORT_WRITER;
-  /* The fleece plugin's own status export (the state of its link to
-   * the live disk) passes through, read-only, under its name.
-   */
-  else if (strcmp (exportname, LIVE_STATUS_EXPORT) == 0) {
-    kind = EXPORT_WRITER;
-    readonly = 1;
-    below = LIVE_STATUS_EXPORT;
-  }
   else if (strcmp (exportname, SNAPSHOT_EXPORT) == 0)
     kind = EXPORT_SNAPSHOT;
   else if (strcmp (exportname, STATUS_EXPORT) == 0)
@@ -219,7 +209,7 @@ cbw_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   }
 
   /* Every export reads the one live disk below. */
-  if (next (nxdata, readonly || kind == EXPORT_STATUS, below) == -1)
+  if (next (nxdata, readonly || kind == EXPORT_STATUS, "") == -1)
     return NULL;
 
   h = malloc (sizeof *h);
