@@ -10,7 +10,7 @@
  * When a request finds its connection dead (nbdconn_is_dead after a
  * failure), the link is "lost": the current pool is dropped and the
  * reconnect thread starts connecting again, with a back-off from
- * 0.1 s doubling up to 1 s between attempts.  Requests that arrive
+ * 0.1 s doubling up to 0.5 s between attempts.  Requests that arrive
  * while the link is lost, and those whose connection died under them,
  * wait until the link is back or until live-reconnect-delay seconds
  * after the loss, whichever comes first; then they are sent again on
@@ -61,7 +61,7 @@
 
 /* Back-off between connection attempts, in seconds. */
 #define BACKOFF_MIN 0.1
-#define BACKOFF_MAX 1.0
+#define BACKOFF_MAX 0.5
 
 /* live-connections: the most, and the default (at most one per CPU). */
 #define MAX_CONNECTIONS 64
