@@ -535,9 +535,10 @@ scope_snapshot (const char *since, const char *checkpoint,
     return -1;
   }
   if (before.cluster_size == 0 || bd_granularity % before.cluster_size) {
-    snprintf (err, errlen, "bitmap-granularity=%" PRIu32 " is not a "
-              "multiple of cbw-cluster-size=%" PRIu64 ": restart nbdkit "
-              "with matching values", bd_granularity, before.cluster_size);
+    snprintf (err, errlen, "bitmap-discard-granularity=%" PRIu32
+              " is not a multiple of cbw-cluster-size=%" PRIu64 ": "
+              "restart nbdkit with matching values",
+              bd_granularity, before.cluster_size);
     return -1;
   }
   if (strcmp (before.state, "none") != 0) {
