@@ -115,6 +115,11 @@ last=c0
 ctl_ok "$d/ctl" "status"
 test "$(json_get pending_checkpoint)" = None
 ctl_err "$d/ctl" "release result=maybe"
+# A snapshot without a checkpoint has nothing to commit.
+ctl_ok "$d/ctl" "snapshot since=c0"
+ctl_ok "$d/ctl" "release"
+test "$(json_get checkpoint)" = None
+test "$(json_get committed)" = False
 
 # A failed backup.
 begin

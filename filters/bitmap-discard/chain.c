@@ -912,6 +912,7 @@ drop_pending_locked (char *err, size_t errlen)
 {
   size_t i = nr_ckpts - 1;
   struct bitmap keep;
+  int r;
 
   if (bitmap_init (&keep, 1, geom.nr_granules) == -1) {
     seterr (err, errlen, "out of memory");
@@ -923,9 +924,14 @@ drop_pending_locked (char *err, size_t errlen)
     active_fd = -1;
   }
   ckpts[i].f.state = ST_DELETING;
-  if (write_file (&ckpts[i], NULL) == -1 ||
-      (bmfile_crash_point ("marked"), finish_delete (i) == -1) ||
-      open_active () == -1) {
+  r = write_file (&ckpts[i], NULL);
+  if (r == 0) {
+    bmfile_crash_point ("marked");
+    r = finish_delete (i);
+  }
+  if (r == 0)
+    r = open_active ();
+  if (r == -1) {
     failed = true;
     bitmap_free (&keep);
     seterr (err, errlen, "cannot update the bitmap files (see the nbdkit "
@@ -938,22 +944,24 @@ drop_pending_locked (char *err, size_t errlen)
 }
 
 int
-dirty_checkpoint_settle (bool commit, char *name, char *err, size_t errlen)
+dirty_checkpoint_settle (bool commit, const char *name,
+                         char *err, size_t errlen)
 {
   struct ckpt *c;
   int r;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  name[0] = '\0';
   if (dir == NULL || nr_ckpts == 0 ||
-      ckpts[nr_ckpts-1].f.state != ST_PENDING)
-    return 0;
+      ckpts[nr_ckpts-1].f.state != ST_PENDING ||
+      strcmp (ckpts[nr_ckpts-1].f.name, name) != 0) {
+    seterr (err, errlen, "checkpoint %s is not pending", name);
+    return -1;
+  }
   c = &ckpts[nr_ckpts-1];
-  strcpy (name, c->f.name);
   if (failed) {
     seterr (err, errlen, "dirty tracking failed earlier (see the nbdkit "
-            "log): checkpoint %s stays pending; the next start drops it",
-            c->f.name);
+            "log): checkpoint %s stays pending; restart nbdkit, which "
+            "drops it", name);
     return -1;
   }
   /* The file is only touched without the lock by a sync leader. */
@@ -968,7 +976,8 @@ dirty_checkpoint_settle (bool commit, char *name, char *err, size_t errlen)
       /* The file on disk still says pending: so does memory. */
       c->f.state = ST_PENDING;
       seterr (err, errlen, "cannot write the bitmap file of %s (see the "
-              "nbdkit log): it stays pending", c->f.name);
+              "nbdkit log): it stays pending; restart nbdkit, which "
+              "drops it", name);
     }
   }
   else

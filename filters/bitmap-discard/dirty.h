@@ -97,12 +97,13 @@ extern int dirty_union_since (const char *name, struct bitmap *scope,
                               char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2, 3)));
 
-/* End the pending checkpoint, if any, whose name goes into name
- * (CKPT_NAME_MAX + 1 bytes; "" if none): commit it, or drop it by
- * merging its changes into its parent, so that an incremental since
- * the parent still covers everything.  Writes may flow meanwhile.
+/* End the pending checkpoint name: commit it, or drop it by merging
+ * its changes into its parent, so that an incremental since the parent
+ * still covers everything.  Writes may flow meanwhile.  Fails if name
+ * is not the pending checkpoint, or the files cannot be changed (it
+ * then stays pending: the next start drops it).
  */
-extern int dirty_checkpoint_settle (bool commit, char *name,
+extern int dirty_checkpoint_settle (bool commit, const char *name,
                                     char *err, size_t errlen)
   __attribute__ ((__nonnull__ (2, 3)));
 
