@@ -450,6 +450,7 @@ recover_chain (void)
   size_t i;
 
   /* A pending checkpoint whose backup never ended: drop it. */
+  bmfile_crash_op = "recover";
   for (i = 0; i < nr_ckpts; ++i)
     if (ckpts[i].f.state == ST_PENDING) {
       snprintf (warning, sizeof warning,
@@ -461,6 +462,7 @@ recover_chain (void)
       ckpts[i].f.state = ST_DELETING;
       if (write_file (&ckpts[i], NULL) == -1)
         return -1;
+      bmfile_crash_point ("marked");
     }
   for (i = 0; i < nr_ckpts; ) {
     if (ckpts[i].f.state == ST_DELETING) {
@@ -491,6 +493,7 @@ recover_chain (void)
         return -1;
       ckpts[i].f.old_format = false;
     }
+  bmfile_crash_op = NULL;
   return open_active ();
 }
 
