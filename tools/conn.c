@@ -155,9 +155,13 @@ send_all (int fd, const char *path, const char *buf, size_t len,
       len -= n;
       continue;
     }
-    if (errno != EAGAIN && errno != EINTR) {
+    if (errno == EPIPE || errno == ECONNRESET) {
       snprintf (err, errlen, "%s: the server closed the connection "
-                "(send: %s)", path, strerror (errno));
+                "without replying (did nbdkit exit?)", path);
+      return -1;
+    }
+    if (errno != EAGAIN && errno != EINTR) {
+      snprintf (err, errlen, "%s: send: %s", path, strerror (errno));
       return -1;
     }
     r = wait_fd (fd, POLLOUT, deadline);
