@@ -28,9 +28,10 @@ expect ()
     shift 2
     out="$("$@" 2> "$tmp_err")" || status=$?
     err="$(cat "$tmp_err")"
-    echo "$* -> status $status"
-    echo "stdout: $out"
-    echo "stderr: $err"
+    # (On stderr, so that expect can be used inside $(...).)
+    echo "$* -> status $status" >&2
+    echo "stdout: $out" >&2
+    echo "stderr: $err" >&2
     if [ "$status" -ne "$want" ]; then
         echo "$0: expected exit status $want from: $*" >&2
         return 1
@@ -43,10 +44,71 @@ expect ()
 tmp_err="$(mktemp /tmp/tool-err.XXXXXX)"
 cleanup_fn rm -f "$tmp_err"
 
-# jq_py EXPR: evaluate the Python expression EXPR with r bound to the
-# JSON object in $out.
+# jq_py EXPR [ARGS...]: evaluate the Python expression EXPR with r
+# bound to the JSON object in $out (ARGS are sys.argv[3:]).
 jq_py ()
 {
     python3 -c 'import json, sys; r = json.loads(sys.argv[1]); print(eval(sys.argv[2]))' \
-            "$out" "$1"
+            "$out" "$@"
+}
+
+# ctl_proxy LISTEN TARGET MODE [ARG]: a control socket at LISTEN that
+# passes every line to the real one at TARGET and its reply back, but
+# holds a "snapshot" line first, to put time between the steps of a
+# group snapshot:
+#   progress FILE  until the writer's progress FILE has gone up by 2
+#                  rounds, or 2 s have passed (a writer held by a
+#                  freeze makes no progress)
+#   expire         until TARGET's status shows that its freeze ended
+#                  by its timeout
+# Stopped by PID when the test exits.
+ctl_proxy ()
+{
+    python3 - "$@" <<'PYEOF' &
+import json, os, socket, struct, sys, time
+listen, target, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+arg = sys.argv[4] if len(sys.argv) > 4 else None
+
+def ask(line):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(target)
+    s.sendall(line)
+    f = s.makefile("rb")
+    reply = f.readline()
+    s.close()
+    return reply
+
+def progress():
+    try:
+        with open(arg, "rb") as f:
+            return struct.unpack("=Q", f.read(8))[0]
+    except (OSError, struct.error):
+        return 0
+
+def hold():
+    if mode == "progress":
+        p0, t0 = progress(), time.monotonic()
+        while progress() < p0 + 2 and time.monotonic() < t0 + 2:
+            time.sleep(0.01)
+    elif mode == "expire":
+        while True:
+            st = json.loads(ask(b"status\n"))
+            if not st["frozen"] and st["freezes_expired"] > 0:
+                break
+            time.sleep(0.05)
+
+s = socket.socket(socket.AF_UNIX)
+s.bind(listen)
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    line = c.makefile("rb").readline()
+    if line.startswith(b"snapshot"):
+        hold()
+    c.sendall(ask(line))
+    c.close()
+PYEOF
+    proxy_pid=$!
+    cleanup_fn kill_pid "$proxy_pid"
+    wait_for "$1"
 }

@@ -299,7 +299,9 @@ report (struct group *g)
       json_object_array_add (a, d);
     }
     json_object_object_add (o, "disks", a);
-    printf ("%s\n", json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN));
+    printf ("%s\n",
+            json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN |
+                                            JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put (o);
     return;
   }
@@ -314,7 +316,9 @@ report (struct group *g)
             "harm done; --freeze-timeout may be short)\n");
 }
 
-/* Steps 2 to 6; every error path thaws.  Returns the exit status. */
+/* Steps 2 to 6; every error path thaws, and on failure no snapshot
+ * is left behind either.  Returns the exit status.
+ */
 static int
 run_group (struct group *g)
 {
@@ -322,32 +326,31 @@ run_group (struct group *g)
   double t0;
   int sig;
 
-  if (g->freeze_cmd == NULL || run_hook ("--freeze-cmd", g->freeze_cmd) == 0) {
+  if (g->freeze_cmd == NULL ||
+      run_hook ("--freeze-cmd", g->freeze_cmd) == 0) {
     t0 = now ();
     ok = freeze_all (g) == 0 && snapshot_all (g) == 0;
-    /* Interrupted (Ctrl-C): finish cleaning up, then say so. */
+    /* Interrupted (Ctrl-C): clean up first, then say so. */
     sig = ctl_interrupted;
     ctl_interrupted = 0;
-    if (!ok)
-      release_taken (g);
     if (thaw_all (g) == -1)
       ok = false;
     g->held = now () - t0;
     if (sig) {
-      ctl_error ("interrupted by signal %d: %s", sig, ok ?
-                 "the snapshots were taken" : "nothing is left frozen");
+      ctl_error ("interrupted by signal %d", sig);
       ok = false;
     }
   }
   if (g->thaw_cmd && run_hook ("--thaw-cmd", g->thaw_cmd) == -1)
     ok = false;
   if (!ok) {
+    release_taken (g);
     if (ctl_opts.json)
       printf ("{\"ok\":false,\"error\":\"group snapshot failed (see "
               "stderr)\"}\n");
-    ctl_error ("group snapshot failed%s", g->n > 1 ?
-               "; no disk of the group was left frozen or snapshotted by "
-               "it, unless said above" : "");
+    ctl_error ("group snapshot failed: every disk it froze was thawed "
+               "and every snapshot it took released%s",
+               g->n > 1 ? ", unless said otherwise above" : "");
     return EXIT_FAILED;
   }
   report (g);

@@ -148,7 +148,8 @@ show_status (struct json_object *o)
     printf ("pending checkpoint: %s\n", pending);
   if (member_bool (o, "frozen", false))
     printf ("frozen: freeze %" PRIi64 ", %.1f s left\n",
-            member_int (o, "freeze", 0), member_double (o, "freeze_remaining", 0));
+            member_int (o, "freeze", 0),
+            member_double (o, "freeze_remaining", 0));
   if (member_int (o, "freezes_expired", 0) > 0)
     printf ("freezes expired: %" PRIi64 "\n",
             member_int (o, "freezes_expired", 0));
