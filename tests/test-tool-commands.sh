@@ -52,6 +52,27 @@ nbdsh -u "$uri" -c 'h.pwrite(b"tuesday" * 20000, 1 << 20)'
 expect 0 '' nbdkit-fleece-ctl --json "$c" snapshot since=mon checkpoint=tue
 test "$(jq_py 'r["scope_bytes"], r["since"], r["checkpoint"]')" = \
      "(196608, 'mon', 'tue')"
+# The map: the scope is the 192K written since "mon", at 1M (137K of
+# data, then zeros in the last granule); asked from 64K on with a size
+# suffix, and followed to the end.
+expect 0 '' nbdkit-fleece-ctl "$c" map offset=64k
+cat > "$d/map.expected" <<'EOM'
+              OFFSET               LENGTH  TYPE
+               65536               983040  not in scope
+             1048576               163840  in scope, data
+             1212416                32768  in scope, zero
+             1245184              7143424  not in scope
+EOM
+diff -u "$d/map.expected" - <<< "$out"
+expect 0 '' nbdkit-fleece-ctl --json "$c" map length=1M
+test "$(jq_py '(r["offset"], r["length"], r["extents"], r["next"])')" = \
+     "(0, 1048576, [{'offset': 0, 'length': 1048576, 'in_scope': False, 'zero': False}], None)"
+checkpoint_state ()
+{
+    expect 0 '' nbdkit-fleece-ctl --json "$c" checkpoints
+    jq_py '" ".join(x["name"] + ":" + x["state"] for x in r["checkpoints"])'
+}
+test "$(checkpoint_state)" = "mon:frozen tue:pending"
 nbdkit-fleece-ctl "$c" watch --interval=0.1 > "$d/watch.out" 2>&1 &
 watch_pid=$!
 cleanup_fn kill_pid "$watch_pid"
@@ -71,6 +92,7 @@ done
 grep "^\[#############\.\.\.\.\.\.\.\]  66% released 128 KiB of 192 KiB" \
      "$d/watch.out"
 expect 0 '' nbdkit-fleece-ctl "$c" release
+test "$out" = "released; checkpoint tue committed"
 wait "$watch_pid"
 tail -1 "$d/watch.out" | grep "^snapshot 2 ended$"
 # Nothing to watch now.
@@ -92,3 +114,11 @@ test "$out" = "checkpoint tue deleted"
 expect 1 "$c: delete-checkpoint: " nbdkit-fleece-ctl "$c" delete-checkpoint tue
 expect 0 '' nbdkit-fleece-ctl --json "$c" checkpoints
 test "$(jq_py '[x["name"] for x in r["checkpoints"]]')" = "['mon', 'wed']"
+
+# A failed backup: its checkpoint is dropped, the chain stays at wed.
+expect 0 '' nbdkit-fleece-ctl "$c" snapshot since=wed checkpoint=thu
+test "$(checkpoint_state)" = "mon:frozen wed:frozen thu:pending"
+expect 0 '' nbdkit-fleece-ctl "$c" release result=failed
+grep -q "^released; checkpoint thu dropped" <<< "$out"
+test "$(checkpoint_state)" = "mon:frozen wed:active"
+expect 1 "$c: map: no snapshot is active" nbdkit-fleece-ctl "$c" map

@@ -404,6 +404,8 @@ run_map (const char *path, const char *line)
     offset = strtoull (p + 8, NULL, 10);
   if ((p = strstr (line, " length=")) != NULL)
     end = offset + strtoull (p + 8, NULL, 10);
+  if (!ctl_opts.json)
+    printf ("%20s %20s  %s\n", "OFFSET", "LENGTH", "TYPE");
   for (;;) {
     struct ctl_reply reply;
     char err[1024];
