@@ -69,12 +69,23 @@ expect 1 "--freeze-cmd=exit 3 failed with exit status 3" \
 test -f "$top/thawed"
 all_clear
 
-# A failing thaw hook: the snapshots were taken, and are released.
+# checkpoints K: the checkpoint names of disk K.
+checkpoints ()
+{
+    expect 0 '' nbdkit-fleece-ctl --json "${c[$1]}" checkpoints
+    jq_py '" ".join(x["name"] for x in r["checkpoints"])'
+}
+
+# A failing thaw hook: the snapshots were taken, and are released as
+# failed backups: their pending checkpoints are dropped.
 expect 1 "--thaw-cmd=false failed with exit status 1" \
        nbdkit-fleece-ctl group-snapshot --freeze-timeout=60 \
-       --thaw-cmd=false "${c[@]}"
+       --thaw-cmd=false "${c[@]}" -- checkpoint=g0
 grep -q "every snapshot it took released" <<< "$err"
 all_clear
+for k in 0 1 2; do
+    test -z "$(checkpoints $k)"
+done
 
 # Disk 2 frozen by someone else: refused there; disk 1 thawed, disk 2
 # left as the other holder froze it, disk 3 never touched.
@@ -93,14 +104,19 @@ all_clear
 # A snapshot refused on the last disk (one is active there already):
 # the snapshots of disks 1 and 2 are released, all are thawed, and
 # the other snapshot of disk 3 is left alone.
+# Their checkpoint g1 is dropped.
 expect 0 '' nbdkit-fleece-ctl "${c[2]}" snapshot
-expect 1 "${c[2]}: snapshot freeze=[0-9]+: " \
-       nbdkit-fleece-ctl group-snapshot --freeze-timeout=60 "${c[@]}"
+expect 1 "${c[2]}: snapshot checkpoint=g1 freeze=[0-9]+: " \
+       nbdkit-fleece-ctl group-snapshot --freeze-timeout=60 "${c[@]}" \
+       -- checkpoint=g1
 test "$(state 0)" = "none False 0"
 test "$(state 1)" = "none False 0"
 test "$(state 2)" = "active False 0"
 expect 0 '' nbdkit-fleece-ctl "${c[2]}" release
 all_clear
+for k in 0 1 2; do
+    test -z "$(checkpoints $k)"
+done
 
 # A freeze that expires before its snapshot: a control proxy in front
 # of disk 1 holds the snapshot command until disk 1's freeze has timed
