@@ -61,11 +61,12 @@ jq_py ()
 #                  freeze makes no progress)
 #   expire         until TARGET's status shows that its freeze ended
 #                  by its timeout
+#   hang           for ever (the proxy serves other lines meanwhile)
 # Stopped by PID when the test exits.
 ctl_proxy ()
 {
     python3 - "$@" <<'PYEOF' &
-import json, os, socket, struct, sys, time
+import json, os, socket, struct, sys, threading, time
 listen, target, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 arg = sys.argv[4] if len(sys.argv) > 4 else None
 
@@ -96,17 +97,23 @@ def hold():
             if not st["frozen"] and st["freezes_expired"] > 0:
                 break
             time.sleep(0.05)
+    elif mode == "hang":
+        while True:
+            time.sleep(60)
+
+def serve(c):
+    line = c.makefile("rb").readline()
+    if line.startswith(b"snapshot"):
+        hold()
+    c.sendall(ask(line))
+    c.close()
 
 s = socket.socket(socket.AF_UNIX)
 s.bind(listen)
 s.listen(8)
 while True:
     c, _ = s.accept()
-    line = c.makefile("rb").readline()
-    if line.startswith(b"snapshot"):
-        hold()
-    c.sendall(ask(line))
-    c.close()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 PYEOF
     proxy_pid=$!
     cleanup_fn kill_pid "$proxy_pid"

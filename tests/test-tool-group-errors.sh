@@ -131,6 +131,29 @@ for k in 0 1 2; do
 done
 test "$(state 0)" = "none False 1"
 
+# Interrupted (SIGTERM, as Ctrl-C) while a snapshot hangs: a proxy in
+# front of disk 1 never passes the snapshot on.  Once every disk is
+# frozen the tool is stopped; it thaws them all before it exits.
+before="$(state 0) $(state 1) $(state 2)"
+ctl_proxy "$top/proxy-hang" "${c[0]}" hang
+nbdkit-fleece-ctl group-snapshot --freeze-timeout=60 \
+    "$top/proxy-hang" "${c[1]}" "${c[2]}" 2> "$top/hang.err" &
+tool_pid=$!
+for i in $(seq 1 600); do
+    expect 0 '' nbdkit-fleece-ctl --json "${c[2]}" status
+    [ "$(jq_py 'r["frozen"]')" = True ] && break
+    sleep 0.1
+done
+expect 0 '' nbdkit-fleece-ctl --json "${c[0]}" status
+test "$(jq_py 'r["frozen"]')" = True
+kill -TERM "$tool_pid"
+r=0
+wait "$tool_pid" || r=$?
+cat "$top/hang.err"
+test "$r" -eq 1
+grep "interrupted by signal" "$top/hang.err"
+test "$(state 0) $(state 1) $(state 2)" = "$before"
+
 # The nbdkit of disk 3 is killed; its socket stays behind.  Disks 1
 # and 2 were frozen first, and are thawed (by the tool: their freezes
 # could not time out so soon).

@@ -64,7 +64,9 @@ struct disk {
   const char *socket;
   enum { NOT_FROZEN, FROZEN, MAYBE_FROZEN } frozen;
   uint64_t freeze;              /* the ID, when FROZEN */
-  bool snapshot;                /* a snapshot was taken */
+  bool snapshot;                /* a snapshot was (or may have been)
+                                 * taken */
+  bool unsure;                  /* may have been: no reply came */
   struct json_object *reply;    /* the snapshot's reply */
 };
 
@@ -200,7 +202,7 @@ snapshot_all (struct group *g)
     o = request (d, command, &r);
     if (o != DONE) {
       /* Without a reply it may have been taken: release it too. */
-      d->snapshot = o == NO_REPLY;
+      d->snapshot = d->unsure = o == NO_REPLY;
       free (command);
       ctl_error ("%s: the group snapshot is abandoned", d->socket);
       return -1;
@@ -267,7 +269,7 @@ release_taken (struct group *g)
     }
     if (r.line == NULL)
       ctl_error ("%s: could not release the snapshot: %s", d->socket, err);
-    else if (!r.ok)
+    else if (!r.ok && !d->unsure)
       ctl_error ("%s: release: %s", d->socket, r.error);
     else
       d->snapshot = false;
