@@ -64,6 +64,23 @@ wait_progress ()
     return 1
 }
 
+# check_group: check the three snapshots, their numbers into
+# $top/check; on an error (not an inconsistency) say which servers
+# are still running.
+check_group ()
+{
+    local r=0 k
+    "$TESTS_BIN/fleece-seq-writer" check "${snap[@]}" > "$top/check" || r=$?
+    cat "$top/check"
+    if [ "$r" -eq 2 ]; then
+        for k in 1 2 3; do
+            pid_alive "$(cat "$top/d$k/bd.pid")" &&
+                echo "stack $k: running" || echo "stack $k: GONE"
+        done
+    fi
+    return "$r"
+}
+
 "$TESTS_BIN/fleece-seq-writer" write "$top/progress" "${live[@]}" &
 writer_pid=$!
 wait_progress 50
@@ -72,8 +89,7 @@ wait_progress 50
 for round in 1 2 3; do
     expect 0 '' nbdkit-fleece-ctl group-snapshot --freeze-timeout=30 "${c[@]}"
     grep -q "group snapshot of 3 disks at one instant" <<< "$out"
-    "$TESTS_BIN/fleece-seq-writer" check "${snap[@]}" > "$top/check"
-    cat "$top/check"
+    check_group
     read -r n1 n2 n3 < "$top/check"
     test "$n1" -gt 0
     for k in 0 1 2; do
@@ -93,8 +109,7 @@ done
 ctl_proxy "$top/proxy2" "${c[1]}" progress "$top/progress"
 expect 0 '' nbdkit-fleece-ctl group-snapshot --freeze-timeout=30 \
        "${c[0]}" "$top/proxy2" "${c[2]}"
-"$TESTS_BIN/fleece-seq-writer" check "${snap[@]}" > "$top/check"
-cat "$top/check"
+check_group
 read -r n1 n2 n3 < "$top/check"
 for k in 0 1 2; do
     expect 0 '' nbdkit-fleece-ctl "${c[$k]}" release
@@ -107,7 +122,7 @@ test "$(jq_py '[d["snapshot"]["checkpoint"] for d in r["disks"]]')" = \
      "['g1', 'g1', 'g1']"
 test "$(jq_py 'all(d["snapshot"]["freeze"] > 0 for d in r["disks"])')" = True
 test "$(jq_py '[d["socket"] for d in r["disks"]] == sys.argv[3:]' "${c[@]}")" = True
-"$TESTS_BIN/fleece-seq-writer" check "${snap[@]}"
+check_group
 for k in 0 1 2; do
     expect 0 '' nbdkit-fleece-ctl "${c[$k]}" release
 done
@@ -123,8 +138,7 @@ expect 0 '' nbdkit-fleece-ctl "${c[1]}" snapshot
 wait_progress $((n1 + 4))
 expect 0 '' nbdkit-fleece-ctl "${c[2]}" snapshot
 r=0
-"$TESTS_BIN/fleece-seq-writer" check "${snap[@]}" > "$top/check" || r=$?
-cat "$top/check"
+check_group || r=$?
 test "$r" -eq 1
 grep "^inconsistent: disk 2 holds write" "$top/check"
 for k in 0 1 2; do
