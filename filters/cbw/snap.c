@@ -133,9 +133,11 @@ static struct timespec linger_deadline; /* CLOCK_MONOTONIC */
 static bool stop_linger_thread;
 
 /* The snapshot is broken: every read fails with EIO until it ends.
- * Set once by copy_failed_locked, reported once.
+ * Set once by copy_failed_locked or snap_store_failed, reported once,
+ * with the reason in broken_why (a string constant).
  */
 static bool broken;
+static const char *broken_why;
 
 static bool taking_pit;           /* take_pit_locked is draining writes */
 static unsigned hold_writes;      /* >0: snap_write_begin waits */
@@ -247,10 +249,10 @@ break_snapshot_locked (const char *why)
   if (broken)
     return;
   broken = true;
+  broken_why = why;
   nbdkit_error ("cbw: snapshot %" PRIu64 " is broken (%s): every "
                 "further read of the snapshot export fails with EIO "
-                "until the snapshot ends (cbw-on-error=break-snapshot)",
-                generation, why);
+                "until the snapshot ends", generation, why);
   for (c = 0; c < nr_clusters; ++c)
     if (bitmap_get (&clusters, c) != CL_COPYING)
       bitmap_set (&clusters, c, CL_FREE);
@@ -291,6 +293,12 @@ copy_failed_locked (const struct run *runs, size_t nr_runs, int *err)
   }
   assert (first_err != 0);
 
+  /* The store broke the snapshot (it was lost, or is full): there is
+   * nothing left to keep by failing the writer.
+   */
+  if (broken)
+    return 0;
+
   switch (cbw_on_error) {
   case CBW_BREAK_WRITE:
     nbdkit_error ("cbw: copy before write failed (%s): failing the "
@@ -300,8 +308,10 @@ copy_failed_locked (const struct run *runs, size_t nr_runs, int *err)
     return -1;
   case CBW_BREAK_SNAPSHOT:
     break_snapshot_locked (first_err == ETIMEDOUT ?
-                           "copy before write timed out" :
-                           "copy before write failed");
+                           "copy before write timed out "
+                           "(cbw-on-error=break-snapshot)" :
+                           "copy before write failed "
+                           "(cbw-on-error=break-snapshot)");
     return 0;
   }
   abort ();
@@ -477,12 +487,22 @@ snap_write_end (void)
 static void
 take_pit_locked (void)
 {
+  bool store_ok;
+
   assert (state == SNAP_NONE && !taking_pit);
 
   /* The wait below drops the lock: 'taking_pit' keeps other openers
    * in snap_open from taking a second PIT meanwhile.
    */
   taking_pit = true;
+
+  /* A store lost since the last snapshot is replaced now, before
+   * writes are held (it may take a while).  Nothing uses the store.
+   */
+  pthread_mutex_unlock (&lock);
+  store_ok = store_prepare () == 0;
+  pthread_mutex_lock (&lock);
+
   hold_writes++;
   while (writes_inflight > 0)
     pthread_cond_wait (&cond, &lock);
@@ -491,7 +511,11 @@ take_pit_locked (void)
   state = SNAP_ACTIVE;
   generation++;
   broken = false;
+  broken_why = NULL;
   preserved_bytes = copied_bytes = released_bytes = cbw_failures = 0;
+  if (!store_ok)
+    break_snapshot_locked ("no fleece store: it was lost and a fresh "
+                           "one could not be made");
 
   hold_writes--;
   taking_pit = false;
@@ -930,9 +954,18 @@ snap_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
 }
 
 void
+snap_store_failed (const char *why)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  if (state == SNAP_ACTIVE)
+    break_snapshot_locked (why);
+}
+
+void
 snap_status_json (char *buf, size_t len)
 {
-  char ram[512];
+  char ram[1024];
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
   store_status_json (ram, sizeof ram);
@@ -941,10 +974,13 @@ snap_status_json (char *buf, size_t len)
             "\"cluster_size\":%" PRIu32 ",\"disk_size\":%" PRIu64 ","
             "\"preserved_bytes\":%" PRIu64 ",\"copied_bytes\":%" PRIu64 ","
             "\"released_bytes\":%" PRIu64 ",\"cbw_failures\":%" PRIu64 ","
-            "\"broken\":%s,\"snapshot_contexts\":%u,"
+            "\"broken\":%s,\"broken_reason\":%s%s%s,"
+            "\"snapshot_contexts\":%u,"
             "\"store_allocated_bytes\":%" PRIi64 ",%s}",
             state_name_locked (), generation, cbw_cluster_size, disk_size,
             preserved_bytes, copied_bytes, released_bytes, cbw_failures,
-            broken ? "true" : "false", contexts,
+            broken ? "true" : "false",
+            broken_why ? "\"" : "", broken_why ? broken_why : "null",
+            broken_why ? "\"" : "", contexts,
             store_allocated_bytes (), ram);
 }
