@@ -42,6 +42,12 @@
  * (RESTARTING meanwhile).  If that fails, the link stays DOWN, the
  * new snapshot starts broken, and the next one tries again.
  *
+ * Wiping: at the end of a snapshot the store is emptied by TRIM.
+ * Trimming the whole disk costs one request per GiB (1 PiB: a million
+ * requests, minutes), whatever was preserved; so the store remembers
+ * which GiB chunks it wrote to since the last wipe ('touched') and
+ * trims only those.
+ *
  * The bound: with cbw-store-limit=SIZE, a write that would take the
  * bytes preserved for the current snapshot past SIZE is refused with
  * ENOSPC after breaking the snapshot (snap_store_failed): the writer
@@ -64,6 +70,7 @@
 #include <libnbd.h>
 #include <nbdkit-filter.h>
 
+#include "bitmap.h"
 #include "cleanup.h"
 #include "nbdconn.h"
 #include "params.h"
@@ -95,6 +102,11 @@ static uint32_t cluster_size;
 static struct nbdconn *conn;
 static struct ramcache *ram;
 
+/* The unit of 'touched', and the size of a wipe's TRIM requests:
+ * NBD requests are at most 4 GiB - 1, and 1 GiB keeps alignment.
+ */
+#define WIPE_CHUNK (UINT64_C (1) << 30)
+
 /* The link to the store, as shown in status. */
 enum link_state { LINK_UP, LINK_DOWN, LINK_RESTARTING };
 
@@ -110,6 +122,10 @@ static char last_error[160];            /* "" if none */
 static uint64_t use_bytes;              /* preserved for this snapshot */
 static uint64_t peak_bytes;             /* most of it this snapshot */
 static bool warned_use;                 /* logged the 80 % line */
+/* A set bit: chunk i (bytes [i, i+1) * WIPE_CHUNK) was written to
+ * since the last wipe.
+ */
+static struct bitmap touched;
 
 /* Store request to a DOWN store: fail at once, quietly. */
 static bool
@@ -434,6 +450,11 @@ store_open (uint64_t size, uint32_t clsize)
 
   disk_size = size;
   cluster_size = clsize;
+  if (bitmap_init (&touched, 1,
+                   (size + WIPE_CHUNK - 1) / WIPE_CHUNK) == -1) {
+    nbdkit_error ("cbw: cannot allocate the store's chunk map: %m");
+    return -1;
+  }
   /* The first store is a condition of serving: nbdkit exits if it
    * cannot be made.
    */
@@ -479,6 +500,7 @@ renew (void)
   link_state = LINK_UP;
   restarts++;
   use_bytes = 0;
+  bitmap_fill (&touched, 0);
   nbdkit_debug ("cbw: fresh fleece store up (restart %" PRIu64 ")",
                 restarts);
   return 0;
@@ -515,6 +537,7 @@ store_close (void)
   if (!store_uri)
     qemu_store_remove (true);
   qemu_store_free ();
+  bitmap_free (&touched);
 }
 
 /* Read preserved data. */
@@ -564,6 +587,34 @@ use_more (uint32_t count, int *err)
   return -1;
 }
 
+/* Note that [offset, offset+count) of the store is written to. */
+static void
+touch (uint32_t count, uint64_t offset)
+{
+  uint64_t i;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  assert (count > 0);
+  for (i = offset / WIPE_CHUNK; i <= (offset + count - 1) / WIPE_CHUNK; ++i)
+    bitmap_set (&touched, i, 1);
+}
+
+/* Take the first touched chunk at or after *I off the map: returns
+ * true and sets *I, or false if there is none.
+ */
+static bool
+next_touched (uint64_t *i)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  for (; *i < touched.nblocks; ++*i)
+    if (bitmap_get (&touched, *i)) {
+      bitmap_set (&touched, *i, 0);
+      return true;
+    }
+  return false;
+}
+
 /* Count COUNT bytes no longer preserved. */
 static void
 use_less (uint64_t count)
@@ -583,6 +634,7 @@ store_write_owned (void *buf, uint32_t count, uint64_t offset,
     free (buf);
     return -1;
   }
+  touch (count, offset);
   if (ram) {
     /* Into RAM; only a full tier makes this wait, and the deadline
      * bounds that wait.
@@ -617,13 +669,8 @@ store_write_owned (void *buf, uint32_t count, uint64_t offset,
 static int
 trim_range (uint64_t count, uint64_t offset, int *err)
 {
-  /* NBD requests are at most 4 GiB - 1; 1 GiB pieces keep
-   * alignment.
-   */
-  const uint64_t piece = UINT64_C (1) << 30;
-
   while (count > 0) {
-    uint32_t n = MIN (count, piece);
+    uint32_t n = MIN (count, WIPE_CHUNK);
 
     if (ram) {
       if (ramcache_trim (ram, n, offset, err) == -1)
@@ -669,6 +716,27 @@ store_extents (uint32_t count, uint64_t offset,
   return 0;
 }
 
+/* Trim every touched chunk.  On failure the chunk stays touched, for
+ * the next wipe.
+ */
+static int
+wipe_touched (int *err)
+{
+  uint64_t i = 0, offset;
+
+  while (next_touched (&i)) {
+    offset = i * WIPE_CHUNK;
+    if (trim_range (MIN (WIPE_CHUNK, disk_size - offset), offset,
+                    err) == -1) {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+      bitmap_set (&touched, i, 1);
+      return -1;
+    }
+    ++i;
+  }
+  return 0;
+}
+
 /* Empty the store at the end of a snapshot. */
 int
 store_wipe (int *err)
@@ -688,7 +756,7 @@ store_wipe (int *err)
     renew ();
     return 0;
   }
-  r = trim_range (disk_size, 0, err);
+  r = wipe_touched (err);
   if (r == -1 && current_link () == LINK_DOWN) {
     renew ();
     return 0;

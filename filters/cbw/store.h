@@ -86,7 +86,8 @@ extern int store_extents (uint32_t count, uint64_t offset,
                           struct nbdkit_extents *extents, int *err)
   __attribute__ ((__nonnull__ (3, 4)));
 
-/* Empty the whole store (a lost one is replaced instead).  Waits
+/* Empty the whole store (a lost one is replaced instead), trimming
+ * only the chunks written since the last wipe.  Waits
  * first for every store request still in flight (including writes
  * abandoned at a deadline), so that no stale write can land after the
  * wipe.
