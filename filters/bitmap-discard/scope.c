@@ -1,4 +1,4 @@
-/* nbdkit-fleece: bitmap-discard filter, snapshot scope and writer gate.
+/* nbdkit-fleece: bitmap-discard filter, snapshot scope.
  * SPDX-License-Identifier: BSD-3-Clause
  *
  * Snapshots with a scope
@@ -42,8 +42,10 @@
  * snapshot exists gets a full-scope one (cbw takes the PIT as usual),
  * which ends with the last such client.
  *
+ * The writer gate (holding writes, and freezes) is in gate.c.
+ *
  * Locking: 'lock' guards everything marked below; 'cond' is broadcast
- * when the writer gate changes.  No I/O is done with the lock held:
+ * when 'opening' reaches 0.  No I/O is done with the lock held:
  * bits are checked or cleared under it, then the request goes below.
  * Control commands are serialized by the caller (control.c).
  */
@@ -66,6 +68,7 @@
 #include "bitmap.h"
 #include "cleanup.h"
 #include "rounding.h"
+#include "commands.h"
 #include "dirty.h"
 #include "scope.h"
 
@@ -98,9 +101,6 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 
 /* --- Everything below is protected by lock. --- */
-
-static bool hold_writes;        /* gate_begin waits while set */
-static uint64_t writes_inflight;
 
 static enum scope_state state = SC_NONE;
 static bool scope_valid;        /* 'scope' describes the PIT below */
@@ -149,7 +149,7 @@ scope_init (nbdkit_backend *b, uint64_t size)
     nbdkit_error ("calloc: %m");
     return -1;
   }
-  return 0;
+  return gate_init ();
 }
 
 void
@@ -162,44 +162,6 @@ void
 scope_free (void)
 {
   bitmap_free (&scope);
-}
-
-void
-gate_begin (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  while (hold_writes)
-    pthread_cond_wait (&cond, &lock);
-  writes_inflight++;
-}
-
-void
-gate_end (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (writes_inflight > 0);
-  if (--writes_inflight == 0)
-    pthread_cond_broadcast (&cond);
-}
-
-/* Hold new writes and wait for those in flight. */
-static void
-gate_hold (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (!hold_writes);
-  hold_writes = true;
-  while (writes_inflight > 0)
-    pthread_cond_wait (&cond, &lock);
-}
-
-static void
-gate_release (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (hold_writes);
-  hold_writes = false;
-  pthread_cond_broadcast (&cond);
 }
 
 int
@@ -536,8 +498,8 @@ open_holder (char *err, size_t errlen)
 }
 
 int
-scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
-                char *err, size_t errlen)
+scope_snapshot (const char *since, const char *checkpoint,
+                uint64_t freeze, FILE *fp, char *err, size_t errlen)
 {
   struct cbw_status before, after;
   struct bitmap newscope;
@@ -592,8 +554,13 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
   if (!since)
     bitmap_fill (&newscope, 1);
 
-  /* 1. Hold and drain the writes. */
-  gate_hold ();
+  /* 1. Hold and drain the writes (while frozen: they are). */
+  if (freeze == 0)
+    gate_hold ();
+  else if (gate_hold_frozen (freeze, err, errlen) == -1) {
+    bitmap_free (&newscope);
+    return -1;
+  }
 
   /* 2. The checkpoint. */
   if (checkpoint) {
@@ -643,6 +610,8 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
     fprintf (fp, ",\"since\":\"%s\"", since);
   if (checkpoint)
     fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+  if (freeze)
+    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
   nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
                 PRIu64 " bytes", generation, bytes);
   return 0;
@@ -713,10 +682,12 @@ void
 scope_status (FILE *fp)
 {
   struct dirty_stats ds;
+  struct gate_stats gs;
   struct cbw_status cs;
   uint64_t remaining = 0;
 
   dirty_get_stats (&ds);
+  gate_get_stats (&gs);
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (scope_valid)
@@ -736,13 +707,18 @@ scope_status (FILE *fp)
            ds.enabled ? "true" : "false", ds.tracking ? "true" : "false",
            ds.failed ? "true" : "false", ds.nr_checkpoints,
            ds.active_dirty_bytes, ds.syncs, ds.marks_synced);
+  fprintf (fp, ",\"frozen\":%s", gs.frozen ? "true" : "false");
+  if (gs.frozen)
+    fprintf (fp, ",\"freeze\":%" PRIu64, gs.freeze_id);
+  else
+    fputs (",\"freeze\":null", fp);
+  fprintf (fp, ",\"freeze_remaining\":%.3f,\"freezes_expired\":%" PRIu64
+           ",\"writes_held\":%" PRIu64 ",\"writes_in_flight\":%" PRIu64,
+           gs.freeze_remaining, gs.freezes_expired, gs.writes_held,
+           gs.writes_in_flight);
   if (ds.warning[0]) {
-    const char *p;
-    fputs (",\"warning\":\"", fp);
-    for (p = ds.warning; *p; ++p)
-      if (*p != '"' && *p != '\\' && (unsigned char) *p >= 32)
-        fputc (*p, fp);
-    fputc ('"', fp);
+    fputs (",\"warning\":", fp);
+    json_string (fp, ds.warning);
   }
   if (read_cbw_status (&cs) == 0 && cs.json[0] == '{')
     fprintf (fp, ",\"cbw\":%s", cs.json);

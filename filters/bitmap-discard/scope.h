@@ -1,4 +1,4 @@
-/* nbdkit-fleece: bitmap-discard filter, snapshot scope and writer gate.
+/* nbdkit-fleece: bitmap-discard filter, snapshot scope.
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
@@ -11,6 +11,9 @@
 
 #include <nbdkit-filter.h>
 
+/* The writer gate (gate_begin, gate_end) for the writer export. */
+#include "gate.h"
+
 /* Parameters, set in .config and never changed after. */
 extern uint32_t bd_granularity;   /* bitmap-granularity, bytes */
 extern bool bd_discard_on_read;   /* bitmap-discard-on-read */
@@ -22,13 +25,6 @@ extern int scope_init (nbdkit_backend *backend, uint64_t size)
 /* Close the holder context, if any (nbdkit is shutting down). */
 extern void scope_cleanup (void);
 extern void scope_free (void);
-
-/* Writer gate: every write, zero and trim on the writer export runs
- * between gate_begin and gate_end; the snapshot step holds new ones
- * and waits for those in flight.
- */
-extern void gate_begin (void);
-extern void gate_end (void);
 
 /* A client context on the "snapshot" export opens / closes.  Open
  * fails (with an error logged) when there is no snapshot to join.
@@ -57,9 +53,11 @@ extern int scope_extents (nbdkit_next *next, uint32_t count,
  * of a JSON reply object (",\"key\":value...") to fp on success, or
  * returns -1 with a message in err.
  */
+/* freeze: 0, or the freeze the snapshot must be taken in. */
 extern int scope_snapshot (const char *since, const char *checkpoint,
-                           FILE *fp, char *err, size_t errlen)
-  __attribute__ ((__nonnull__ (3, 4)));
+                           uint64_t freeze, FILE *fp,
+                           char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (4, 5)));
 extern int scope_release_snapshot (FILE *fp, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
 extern void scope_status (FILE *fp) __attribute__ ((__nonnull__ (1)));

@@ -800,6 +800,20 @@ link_name (enum link_state st)
   abort ();
 }
 
+/* Kept for a caller that lists the ranges it wrote: the store keeps
+ * its own map of them (see "Wiping" above), so this is store_wipe;
+ * the ranges are consumed and not needed.
+ */
+int
+store_wipe_ranges (store_range_fn next_range, void *opaque, int *err)
+{
+  uint64_t offset, count;
+
+  while (next_range (opaque, &offset, &count))
+    ;
+  return store_wipe (err);
+}
+
 /* Status members (see store.h). */
 void
 store_status_json (char *buf, size_t len)

@@ -5,6 +5,7 @@
 #ifndef NBDKIT_CBW_STORE_H
 #define NBDKIT_CBW_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -93,6 +94,17 @@ extern int store_extents (uint32_t count, uint64_t offset,
  * wipe.
  */
 extern int store_wipe (int *err) __attribute__ ((__nonnull__ (1)));
+
+/* The same, for a caller that knows where it wrote: NEXT_RANGE
+ * yields those ranges (false when there are no more).  store_wipe
+ * already trims only what was written, so the ranges are not needed:
+ * kept for callers written against it.
+ */
+typedef bool (*store_range_fn) (void *opaque, uint64_t *offset,
+                                uint64_t *count);
+extern int store_wipe_ranges (store_range_fn next_range, void *opaque,
+                              int *err)
+  __attribute__ ((__nonnull__ (1, 3)));
 
 /* The store's link, use and RAM tier as JSON members (no braces)
  * into BUF.  May be called with the engine's lock held.
