@@ -16,7 +16,9 @@
 #   is made again (a new qemu-nbd child; for cbw-store, a server
 #   restarted on the same socket); the link is "up", one restart;
 # - the next snapshot is exact, byte for byte, against the disk read
-#   at its point in time, while the writer overwrites it.
+#   at its point in time, while the writer overwrites it;
+# - a qemu-nbd child killed between snapshots is replaced before the
+#   next point in time, which then preserves data.
 
 source ./functions.sh
 source "$abs_top_srcdir/tests/test-cbw-functions.sh"
@@ -78,6 +80,7 @@ run ()
     cbw_status
     [ "$(status_field broken)" = true ]
     status_field broken_reason | grep -q 'fleece store was lost'
+    status_field store_last_error | grep -q 'lost'
 
     export writer_uri snap_uri
     timeout 60 python3 - <<'PY'
@@ -146,11 +149,26 @@ assert not s["broken"] and s["preserved_bytes"] > 0, s
 assert s["store_restarts"] == 1, s
 sn.shutdown(); w.shutdown()
 PY
+    wait_status state '"none"'
     if [ "$kind" = qcow2 ]; then
         child="$(qemu_nbd_child "$cbw_pid")"
         [ -n "$child" ] && [ "$child" != "$old" ]
+        # A store lost between snapshots is replaced before the next
+        # point in time, which then works.
+        kill -9 "$child"
+        wait_status store_link '"down"'
+        [ "$(status_field broken)" = false ]
+        pit="$(nbdsh -u "$writer_uri" -c 'print(h.pread(65536, 0).hex())')"
+        hold_snapshot
+        nbdsh -u "$writer_uri" -c 'h.pwrite(b"\x77" * 65536, 0)'
+        [ "$(status_field broken)" = false ]
+        [ "$(status_field store_restarts)" = 2 ]
+        [ "$(status_field preserved_bytes)" = 65536 ]
+        [ "$(nbdsh -u "$snap_uri" -c 'print(h.pread(65536, 0).hex())')" = \
+          "$pit" ]
+        release_snapshot
+        wait_status state '"none"'
     fi
-    wait_status state '"none"'
     kill_pid "$cbw_pid"
     kill_pid "$live_pid"
     [ "$kind" = qcow2 ] || kill_pid "$store_pid"
