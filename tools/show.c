@@ -117,12 +117,14 @@ show_status_cbw (struct json_object *cbw)
   if (cbw == NULL || !json_object_is_type (cbw, json_type_object))
     return;
   size_line (cbw, "preserved_bytes", "preserved");
+  size_line (cbw, "store_use_bytes", "store use");
+  size_line (cbw, "store_peak_bytes", "store peak");
+  if (member_int (cbw, "store_limit_bytes", 0) > 0)
+    size_line (cbw, "store_limit_bytes", "store limit");
   if (member_int (cbw, "store_allocated_bytes", -1) >= 0)
     size_line (cbw, "store_allocated_bytes", "fleece image");
   if (member_int (cbw, "ram_limit", 0) > 0)
     size_line (cbw, "ram_held_bytes", "in RAM");
-  if (member_int (cbw, "store_limit", 0) > 0)
-    size_line (cbw, "store_limit", "store limit");
   if (member_bool (cbw, "broken", false)) {
     const char *why = member_str (cbw, "broken_reason");
     printf ("  %-20s yes%s%s\n", "BROKEN", why ? ": " : "",

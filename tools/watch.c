@@ -101,13 +101,22 @@ show_progress (struct json_object *st, double rate, bool tty)
   int64_t scope = member_int (st, "scope_bytes", 0);
   int64_t released = member_int (st, "released_bytes", 0);
   int64_t remaining = member_int (st, "remaining_bytes", 0);
-  int64_t store = member_int (cbw, "store_allocated_bytes", -1);
+  int64_t store = member_int (cbw, "store_use_bytes", -1);
+  int64_t limit = member_int (cbw, "store_limit_bytes", 0);
   double frac = scope > 0 ? (double) released / scope : 1;
-  char bar[BAR + 1], b1[32], b2[32], b3[32], b4[32], b5[32], eta[32];
+  char bar[BAR + 1], b1[32], b2[32], b3[32], b4[40], b5[32], eta[32];
   int i;
 
-  if (store < 0)                /* no qcow2: the RAM tier, or unknown */
+  /* Older servers: the image's size, or the RAM tier's. */
+  if (store < 0)
+    store = member_int (cbw, "store_allocated_bytes", -1);
+  if (store < 0)
     store = member_int (cbw, "ram_held_bytes", -1);
+  human_size (store, b4, sizeof b4);
+  if (limit > 0) {
+    strcat (b4, " of ");
+    human_size (limit, b4 + strlen (b4), sizeof b4 - strlen (b4));
+  }
   for (i = 0; i < BAR; ++i)
     bar[i] = i < (int) (frac * BAR) ? '#' : '.';
   bar[BAR] = '\0';
@@ -117,7 +126,7 @@ show_progress (struct json_object *st, double rate, bool tty)
           human_size (released, b1, sizeof b1),
           human_size (scope, b2, sizeof b2),
           human_size (member_int (cbw, "preserved_bytes", -1), b3, sizeof b3),
-          human_size (store, b4, sizeof b4),
+          b4,
           human_size ((int64_t) rate, b5, sizeof b5),
           rate > 0 ? format_eta (remaining / rate, eta, sizeof eta)
           : "--:--", tty ? "\033[K" : "\n");
@@ -161,15 +170,20 @@ watch_loop (const char *path, double interval, bool tty)
       ctl_error ("%s: no snapshot is active", path);
       return EXIT_FAILED;
     }
+    if (gen == -1)
+      gen = g;
     if (ended || broken) {
       if (tty)
         printf ("\n");
-      printf ("snapshot %" PRIi64 " %s\n", gen,
-              broken ? "BROKEN: the backup cannot be completed" : "ended");
+      printf ("snapshot %" PRIi64 " %s%s\n", gen,
+              broken ? "BROKEN: the backup cannot be completed: " : "ended",
+              broken && member_str (member_get (r.obj, "cbw"),
+                                    "broken_reason") ?
+              member_str (member_get (r.obj, "cbw"), "broken_reason") :
+              broken ? "see status" : "");
       ctl_reply_free (&r);
       return broken ? EXIT_FAILED : EXIT_SUCCESS;
     }
-    gen = g;
     if (ctl_opts.json)
       printf ("%s\n", r.line);
     else
