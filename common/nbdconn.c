@@ -171,6 +171,15 @@ nbdconn_connect_uri (struct nbdconn *c, const char *uri)
 }
 
 int
+nbdconn_try_connect_uri (struct nbdconn *c, const char *uri)
+{
+  if (nbd_connect_uri (c->h, uri) == -1)
+    return -1;
+  learn_limits (c);
+  return 0;
+}
+
+int
 nbdconn_connect_argv (struct nbdconn *c, char **argv)
 {
   if (nbd_connect_systemd_socket_activation (c->h, argv) == -1) {
@@ -186,6 +195,17 @@ struct nbd_handle *
 nbdconn_handle (struct nbdconn *c)
 {
   return c->h;
+}
+
+/* Mark the connection dead without a message (the reader thread
+ * gives one when it sees the end).
+ */
+static void
+set_dead (struct nbdconn *c)
+{
+  atomic_store (&c->dead, true);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
+  pthread_cond_broadcast (&c->idle_cond);
 }
 
 /* Mark the connection dead, once, with a message. */
@@ -420,6 +440,8 @@ send_cmd (struct nbdconn *c, const struct request *r, struct cmd *cmd,
     e = nbd_get_errno ();
     nbdkit_error ("%s: %s: %s", c->what, r->name, nbd_get_error ());
     inflight_done (c);
+    if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+      set_dead (c);
     /* A command refused by a dead or closed handle is an I/O error. */
     *err = (e == 0 || e == EINVAL || e == ENOTCONN) ? EIO : e;
     return -1;
@@ -435,6 +457,14 @@ reply_error (struct nbdconn *c, const struct request *r, int e, int *err)
 {
   if (e == 0)
     return 0;
+  /* Tell a lost connection from an error the server returned:
+   * libnbd fails the commands it cut off with ENOTCONN (servers do
+   * not send it), and the handle may not look dead yet to this
+   * thread when the reader is still inside the state machine.
+   */
+  if (e == ENOTCONN ||
+      nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+    set_dead (c);
   nbdkit_error ("%s: %s at offset %" PRIu64 ": %s",
                 c->what, r->name, r->offset, strerror (e));
   /* libnbd fails commands cut off by a lost connection with

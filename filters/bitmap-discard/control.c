@@ -5,14 +5,20 @@
  * refused) served by one thread.  Several clients may be connected;
  * their commands run one at a time, in arrival order, which is what
  * serializes the control commands (scope.h).  Each line is one
- * command; each gets exactly one reply line, a JSON object:
+ * command (commands.c); each gets exactly one reply line, a JSON
+ * object:
  *
  *   {"ok":true,...}  or  {"ok":false,"error":"..."}
  *
- * A line is words separated by spaces or tabs: the command, then
- * KEY=VALUE arguments.  Lines over MAX_LINE bytes, non-printable
- * bytes, unknown commands or arguments, and bad names are answered
- * with an error before anything is changed.
+ * This file assembles the lines: one over MAX_LINE bytes, or with a
+ * NUL byte, is answered with an error and not run.
+ *
+ * No client can keep the others out.  One that sends no complete
+ * line for IDLE_TIMEOUT seconds (nothing, or only part of a line) is
+ * told so and dropped; when all MAX_CLIENTS slots are taken, a new
+ * client takes the slot of the one that has been idle longest.  Every
+ * connected client is idle between its commands (replies are sent
+ * before the next poll), so this never cuts a command short.
  */
 
 #include <config.h>
@@ -31,25 +37,30 @@
 #include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include <pthread.h>
 
 #include <nbdkit-filter.h>
 
-#include "dirty.h"
-#include "scope.h"
+#include "commands.h"
 #include "control.h"
+#include "gate.h"
 
 #define MAX_LINE    1024
 #define MAX_CLIENTS 16
-#define MAX_WORDS   8
 #define SEND_TIMEOUT 10         /* seconds, see control_main */
+#define IDLE_TIMEOUT 30         /* seconds without a complete line */
+
+#define STR_(x) #x
+#define STR(x) STR_ (x)
 
 struct client {
   int fd;
   char buf[MAX_LINE + 1];
   size_t len;
   bool overflow;                /* discarding a too-long line */
+  struct timespec last;         /* connected, or last complete line */
 };
 
 /* Set in control_listen / control_start, used by the thread only. */
@@ -68,7 +79,8 @@ control_listen (const char *path)
   struct stat st;
 
   if (strlen (path) >= sizeof addr.sun_path) {
-    nbdkit_error ("bitmap-discard: bitmap-control=%s: path too long", path);
+    nbdkit_error ("bitmap-discard: bitmap-discard-control=%s: path too "
+                  "long", path);
     return -1;
   }
   strcpy (addr.sun_path, path);
@@ -79,15 +91,16 @@ control_listen (const char *path)
   if (lstat (path, &st) == 0) {
     int fd;
     if (!S_ISSOCK (st.st_mode)) {
-      nbdkit_error ("bitmap-discard: bitmap-control=%s exists and is not a "
-                    "socket: remove it or choose another path", path);
+      nbdkit_error ("bitmap-discard: bitmap-discard-control=%s exists "
+                    "and is not a socket: remove it or choose another "
+                    "path", path);
       return -1;
     }
     fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd >= 0 && connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0) {
       close (fd);
-      nbdkit_error ("bitmap-discard: bitmap-control=%s: another process "
-                    "is serving this socket", path);
+      nbdkit_error ("bitmap-discard: bitmap-discard-control=%s: another "
+                    "process is serving this socket", path);
       return -1;
     }
     if (fd >= 0)
@@ -140,173 +153,6 @@ send_reply (int fd, const char *s, size_t len)
   return 0;
 }
 
-/* Print s as a JSON string. */
-static void
-json_string (FILE *fp, const char *s)
-{
-  fputc ('"', fp);
-  for (; *s; ++s) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      fprintf (fp, "\\%c", c);
-    else if (c < 32 || c >= 127)
-      fprintf (fp, "\\u%04x", c);
-    else
-      fputc (c, fp);
-  }
-  fputc ('"', fp);
-}
-
-/* Find key=VALUE among the arguments; NULL if absent.  Unknown keys
- * and repeated keys were refused before.
- */
-static const char *
-arg (char **words, size_t n, const char *key)
-{
-  size_t i, len = strlen (key);
-
-  for (i = 1; i < n; ++i)
-    if (strncmp (words[i], key, len) == 0 && words[i][len] == '=')
-      return words[i] + len + 1;
-  return NULL;
-}
-
-/* Check that the arguments are KEY=VALUE with keys from allowed (a
- * NULL-terminated list), each at most once.
- */
-static bool
-check_args (char **words, size_t n, const char *const *allowed,
-            char *err, size_t errlen)
-{
-  size_t i, j;
-
-  for (i = 1; i < n; ++i) {
-    const char *eq = strchr (words[i], '=');
-    const char *const *a;
-    bool ok = false;
-
-    if (eq == NULL || eq == words[i]) {
-      snprintf (err, errlen, "%s: expected KEY=VALUE", words[i]);
-      return false;
-    }
-    for (a = allowed; *a; ++a)
-      if ((size_t) (eq - words[i]) == strlen (*a) &&
-          strncmp (words[i], *a, eq - words[i]) == 0)
-        ok = true;
-    if (!ok) {
-      snprintf (err, errlen, "%s: unknown argument for %s", words[i],
-                words[0]);
-      return false;
-    }
-    for (j = 1; j < i; ++j)
-      if (strncmp (words[j], words[i], eq - words[i] + 1) == 0) {
-        snprintf (err, errlen, "%.*s given twice",
-                  (int) (eq - words[i]), words[i]);
-        return false;
-      }
-  }
-  return true;
-}
-
-/* Run one command line; print the reply object into fp. */
-static void
-run_command (char *line, FILE *fp)
-{
-  static const char *const snapshot_args[] = { "since", "checkpoint", NULL };
-  static const char *const no_args[] = { NULL };
-  char *words[MAX_WORDS], *p, *save = NULL;
-  size_t n = 0;
-  char err[512] = "";
-  int r = -1;
-  char *extra = NULL;
-  size_t extra_len = 0;
-  FILE *efp;
-
-  for (p = line; *p; ++p)
-    if ((unsigned char) *p < 32 && *p != '\t') {
-      fputs ("{\"ok\":false,\"error\":\"control characters in the "
-             "command\"}", fp);
-      return;
-    }
-    else if ((unsigned char) *p >= 127) {
-      fputs ("{\"ok\":false,\"error\":\"non-ASCII bytes in the "
-             "command\"}", fp);
-      return;
-    }
-  for (p = strtok_r (line, " \t", &save); p;
-       p = strtok_r (NULL, " \t", &save)) {
-    if (n == MAX_WORDS) {
-      fputs ("{\"ok\":false,\"error\":\"too many arguments\"}", fp);
-      return;
-    }
-    words[n++] = p;
-  }
-  if (n == 0) {
-    fputs ("{\"ok\":false,\"error\":\"empty command: try help\"}", fp);
-    return;
-  }
-
-  efp = open_memstream (&extra, &extra_len);
-  if (efp == NULL) {
-    fputs ("{\"ok\":false,\"error\":\"out of memory\"}", fp);
-    return;
-  }
-
-  if (strcmp (words[0], "snapshot") == 0) {
-    if (check_args (words, n, snapshot_args, err, sizeof err))
-      r = scope_snapshot (arg (words, n, "since"),
-                          arg (words, n, "checkpoint"), efp,
-                          err, sizeof err);
-  }
-  else if (strcmp (words[0], "release") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err))
-      r = scope_release_snapshot (efp, err, sizeof err);
-  }
-  else if (strcmp (words[0], "status") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err)) {
-      scope_status (efp);
-      r = 0;
-    }
-  }
-  else if (strcmp (words[0], "checkpoints") == 0) {
-    if (check_args (words, n, no_args, err, sizeof err)) {
-      fputs (",\"checkpoints\":", efp);
-      dirty_list_json (efp);
-      r = 0;
-    }
-  }
-  else if (strcmp (words[0], "checkpoint") == 0 ||
-           strcmp (words[0], "delete-checkpoint") == 0) {
-    bool create = strcmp (words[0], "checkpoint") == 0;
-    if (n != 2)
-      snprintf (err, sizeof err, "usage: %s NAME", words[0]);
-    else if (dirty_valid_name (words[1], err, sizeof err)) {
-      r = create ? scope_checkpoint (words[1], err, sizeof err)
-        : scope_delete_checkpoint (words[1], err, sizeof err);
-      if (r == 0)
-        fprintf (efp, ",\"checkpoint\":\"%s\"", words[1]);
-    }
-  }
-  else if (strcmp (words[0], "help") == 0) {
-    fputs (",\"commands\":[\"snapshot [since=NAME] [checkpoint=NAME]\","
-           "\"release\",\"status\",\"checkpoint NAME\",\"checkpoints\","
-           "\"delete-checkpoint NAME\",\"help\"]", efp);
-    r = 0;
-  }
-  else
-    snprintf (err, sizeof err, "unknown command %s: try help", words[0]);
-
-  fclose (efp);
-  if (r == 0)
-    fprintf (fp, "{\"ok\":true%s}", extra ? extra : "");
-  else {
-    fputs ("{\"ok\":false,\"error\":", fp);
-    json_string (fp, err[0] ? err : "failed (see the nbdkit log)");
-    fputc ('}', fp);
-  }
-  free (extra);
-}
-
 /* Answer one complete line from client c.  Returns -1 to drop it. */
 static int
 handle_line (struct client *c, char *line)
@@ -323,7 +169,7 @@ handle_line (struct client *c, char *line)
     fprintf (fp, "{\"ok\":false,\"error\":\"line longer than %d bytes\"}",
              MAX_LINE);
   else
-    run_command (line, fp);
+    commands_run (line, fp);
   fputc ('\n', fp);
   fclose (fp);
   r = send_reply (c->fd, reply, len);
@@ -347,6 +193,8 @@ handle_input (struct client *c)
   c->buf[c->len] = '\0';
   while ((nl = memchr (c->buf, '\n', c->len)) != NULL) {
     size_t used = nl - c->buf + 1, linelen = nl - c->buf;
+
+    clock_gettime (CLOCK_MONOTONIC, &c->last);
 
     *nl = '\0';
     if (linelen > 0 && c->buf[linelen-1] == '\r')
@@ -384,22 +232,140 @@ peer_allowed (int fd)
   return cred.uid == 0 || cred.uid == geteuid ();
 }
 
+/* Close client i and give its slot to the last one.  A non-NULL why
+ * is sent first (if the socket takes it at once) as an error reply.
+ */
+static void
+drop_client (size_t i, const char *why)
+{
+  if (why) {
+    char msg[128];
+    int len = snprintf (msg, sizeof msg,
+                        "{\"ok\":false,\"error\":\"%s\"}\n", why);
+    ssize_t r = send (clients[i].fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void) r;                   /* it is going away anyway */
+  }
+  close (clients[i].fd);
+  clients[i] = clients[--nr_clients];
+}
+
+/* Milliseconds from now until ts + IDLE_TIMEOUT (0 if past). */
+static int
+idle_ms_left (const struct timespec *ts, const struct timespec *now)
+{
+  int64_t ms = ((int64_t) ts->tv_sec + IDLE_TIMEOUT - now->tv_sec) * 1000
+    + (ts->tv_nsec - now->tv_nsec) / 1000000;
+
+  return ms > 0 ? ms : 0;
+}
+
+/* Drop the clients idle for IDLE_TIMEOUT; return the poll timeout
+ * (milliseconds, -1 for none) until the next one would be.  A client
+ * whose input is waiting (behind a long command, say) is read first.
+ */
+static int
+expire_idle (void)
+{
+  struct timespec now;
+  size_t i;
+  int timeout = -1;
+
+  clock_gettime (CLOCK_MONOTONIC, &now);
+  for (i = nr_clients; i-- > 0; ) {
+    int left = idle_ms_left (&clients[i].last, &now);
+    char c;
+
+    if (left == 0 &&
+        recv (clients[i].fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 1)
+      left = 1;                 /* poll at once, read it */
+    if (left == 0)
+      drop_client (i, "idle for " STR (IDLE_TIMEOUT) " seconds: "
+                   "disconnected");
+    else if (timeout == -1 || left < timeout)
+      timeout = left;
+  }
+  return timeout;
+}
+
+/* The client idle longest (nr_clients > 0). */
+static size_t
+oldest_idle (void)
+{
+  size_t i, oldest = 0;
+
+  for (i = 1; i < nr_clients; ++i)
+    if (clients[i].last.tv_sec < clients[oldest].last.tv_sec ||
+        (clients[i].last.tv_sec == clients[oldest].last.tv_sec &&
+         clients[i].last.tv_nsec < clients[oldest].last.tv_nsec))
+      oldest = i;
+  return oldest;
+}
+
+/* Accept one connection on the listening socket. */
+static void
+accept_client (void)
+{
+  int fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
+
+  if (fd == -1) {
+    /* Out of file descriptors, say: the connection stays queued and
+     * poll would report it again at once.  Back off instead of
+     * spinning, still listening to the stop pipe.
+     */
+    if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+      struct pollfd stop = { .fd = stop_pipe[0], .events = POLLIN };
+      nbdkit_debug ("bitmap-discard: control socket: accept: %m");
+      poll (&stop, 1, 100);
+    }
+    return;
+  }
+  /* A client that sends commands but never reads its replies must
+   * not stall the control thread: a reply that cannot be sent within
+   * SEND_TIMEOUT drops that client.
+   */
+  {
+    const struct timeval tv = { .tv_sec = SEND_TIMEOUT };
+    setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
+  if (!peer_allowed (fd)) {
+    static const char msg[] =
+      "{\"ok\":false,\"error\":\"permission denied\"}\n";
+    send_reply (fd, msg, strlen (msg));
+    close (fd);
+    return;
+  }
+  if (nr_clients == MAX_CLIENTS)
+    drop_client (oldest_idle (), "too many control clients: this idle "
+                 "one was disconnected");
+  memset (&clients[nr_clients], 0, sizeof clients[0]);
+  clients[nr_clients].fd = fd;
+  clock_gettime (CLOCK_MONOTONIC, &clients[nr_clients].last);
+  nr_clients++;
+}
+
+/* The control thread: commands from every client, one at a time. */
 static void *
 control_main (void *arg)
 {
   for (;;) {
     struct pollfd fds[MAX_CLIENTS + 2];
-    size_t i;
+    int timeout = expire_idle ();
+    int freeze_ms = gate_expire ();
+    size_t i, n = nr_clients;
+
+    /* Wake up when a freeze ends by itself, to log it on time. */
+    if (freeze_ms >= 0 && (timeout == -1 || freeze_ms < timeout))
+      timeout = freeze_ms;
 
     fds[0].fd = stop_pipe[0];
     fds[0].events = POLLIN;
     fds[1].fd = listen_fd;
     fds[1].events = POLLIN;
-    for (i = 0; i < nr_clients; ++i) {
+    for (i = 0; i < n; ++i) {
       fds[i+2].fd = clients[i].fd;
       fds[i+2].events = POLLIN;
     }
-    if (poll (fds, nr_clients + 2, -1) == -1) {
+    if (poll (fds, n + 2, timeout) == -1) {
       if (errno == EINTR) continue;
       nbdkit_error ("bitmap-discard: control socket: poll: %m");
       break;
@@ -409,52 +375,14 @@ control_main (void *arg)
     /* Clients first, from the last, so removing one keeps the
      * indexes of the others.
      */
-    for (i = nr_clients; i-- > 0; ) {
+    for (i = n; i-- > 0; ) {
       if (fds[i+2].revents == 0)
         continue;
-      if (handle_input (&clients[i]) == -1) {
-        close (clients[i].fd);
-        clients[i] = clients[--nr_clients];
-      }
+      if (handle_input (&clients[i]) == -1)
+        drop_client (i, NULL);
     }
-    if (fds[1].revents & POLLIN) {
-      int fd = accept4 (listen_fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd == -1) {
-        /* Out of file descriptors, say: the connection stays queued
-         * and poll would report it again at once.  Back off instead
-         * of spinning, still listening to the stop pipe.
-         */
-        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
-          nbdkit_debug ("bitmap-discard: control socket: accept: %m");
-          poll (fds, 1, 100);
-        }
-        continue;
-      }
-      /* A client that sends commands but never reads its replies
-       * must not stall the control thread: a reply that cannot be
-       * sent within SEND_TIMEOUT drops that client.
-       */
-      {
-        const struct timeval tv = { .tv_sec = SEND_TIMEOUT };
-        setsockopt (fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-      }
-      if (!peer_allowed (fd)) {
-        static const char msg[] =
-          "{\"ok\":false,\"error\":\"permission denied\"}\n";
-        send_reply (fd, msg, strlen (msg));
-        close (fd);
-      }
-      else if (nr_clients == MAX_CLIENTS) {
-        static const char msg[] =
-          "{\"ok\":false,\"error\":\"too many control clients\"}\n";
-        send_reply (fd, msg, strlen (msg));
-        close (fd);
-      }
-      else {
-        memset (&clients[nr_clients], 0, sizeof clients[0]);
-        clients[nr_clients++].fd = fd;
-      }
-    }
+    if (fds[1].revents & POLLIN)
+      accept_client ();
   }
   for (size_t i = 0; i < nr_clients; ++i)
     close (clients[i].fd);

@@ -1,4 +1,4 @@
-/* nbdkit-fleece: bitmap-discard filter, snapshot scope and writer gate.
+/* nbdkit-fleece: bitmap-discard filter, snapshot scope.
  * SPDX-License-Identifier: BSD-3-Clause
  *
  * Snapshots with a scope
@@ -42,8 +42,10 @@
  * snapshot exists gets a full-scope one (cbw takes the PIT as usual),
  * which ends with the last such client.
  *
+ * The writer gate (holding writes, and freezes) is in gate.c.
+ *
  * Locking: 'lock' guards everything marked below; 'cond' is broadcast
- * when the writer gate changes.  No I/O is done with the lock held:
+ * when 'opening' reaches 0.  No I/O is done with the lock held:
  * bits are checked or cleared under it, then the request goes below.
  * Control commands are serialized by the caller (control.c).
  */
@@ -64,8 +66,10 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "cbw-contract.h"
 #include "cleanup.h"
 #include "rounding.h"
+#include "commands.h"
 #include "dirty.h"
 #include "scope.h"
 
@@ -73,10 +77,10 @@ uint32_t bd_granularity = 65536;
 bool bd_discard_on_read = false;
 bool bd_have_control = false;
 
-/* The cbw exports below. */
-#define SNAPSHOT_EXPORT "snapshot"
-#define STATUS_EXPORT   "cbw-status"
-#define STATUS_SIZE     4096
+/* The cbw exports below (common/cbw-contract.h). */
+#define SNAPSHOT_EXPORT CBW_SNAPSHOT_EXPORT
+#define STATUS_EXPORT   CBW_STATUS_EXPORT
+#define STATUS_SIZE     CBW_STATUS_SIZE
 
 /* Largest TRIM sent below in one request (a multiple of any
  * granularity).
@@ -98,9 +102,6 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 
 /* --- Everything below is protected by lock. --- */
-
-static bool hold_writes;        /* gate_begin waits while set */
-static uint64_t writes_inflight;
 
 static enum scope_state state = SC_NONE;
 static bool scope_valid;        /* 'scope' describes the PIT below */
@@ -149,7 +150,7 @@ scope_init (nbdkit_backend *b, uint64_t size)
     nbdkit_error ("calloc: %m");
     return -1;
   }
-  return 0;
+  return gate_init ();
 }
 
 void
@@ -162,44 +163,6 @@ void
 scope_free (void)
 {
   bitmap_free (&scope);
-}
-
-void
-gate_begin (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  while (hold_writes)
-    pthread_cond_wait (&cond, &lock);
-  writes_inflight++;
-}
-
-void
-gate_end (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (writes_inflight > 0);
-  if (--writes_inflight == 0)
-    pthread_cond_broadcast (&cond);
-}
-
-/* Hold new writes and wait for those in flight. */
-static void
-gate_hold (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (!hold_writes);
-  hold_writes = true;
-  while (writes_inflight > 0)
-    pthread_cond_wait (&cond, &lock);
-}
-
-static void
-gate_release (void)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (hold_writes);
-  hold_writes = false;
-  pthread_cond_broadcast (&cond);
 }
 
 int
@@ -344,6 +307,35 @@ scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
   return release_range (next, offset, count, err);
 }
 
+/* Whole bytes of the scope bitmap are skipped at once: the map of a
+ * large disk has long runs, and clients' reads wait for this lock.
+ */
+uint64_t
+scope_run (uint64_t pos, uint64_t end, bool *in)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  uint64_t g = pos / bd_granularity;
+  uint64_t last = MIN ((end + bd_granularity - 1) / bd_granularity,
+                       nr_granules);
+  uint8_t same;
+
+  if (!scope_valid) {
+    *in = false;
+    return end;
+  }
+  *in = bitmap_get (&scope, g);
+  same = *in ? 0xff : 0;
+  for (++g; g < last; ) {
+    if (g % 8 == 0 && g + 8 <= last && scope.bits[g / 8] == same)
+      g += 8;
+    else if (bitmap_get (&scope, g) == *in)
+      g++;
+    else
+      break;
+  }
+  return MIN (g * bd_granularity, end);
+}
+
 int
 scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
                uint32_t flags, struct nbdkit_extents *extents, int *err)
@@ -351,18 +343,8 @@ scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
   uint64_t end = offset + count, pos = offset;
 
   while (pos < end) {
-    uint64_t g = pos / bd_granularity, run_end;
     bool in;
-
-    /* The run of granules with the same scope bit from pos. */
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      in = scope_valid && bitmap_get (&scope, g);
-      while (++g < nr_granules && g * bd_granularity < end &&
-             (scope_valid && bitmap_get (&scope, g)) == in)
-        ;
-    }
-    run_end = MIN (g * bd_granularity, end);
+    uint64_t run_end = scope_run (pos, end, &in);
 
     if (!in) {
       /* Not part of this backup: hole, but not known to be zero, so
@@ -424,24 +406,14 @@ struct cbw_status {
   char json[STATUS_SIZE + 1];   /* the line itself, trailing blanks cut */
 };
 
-static uint64_t
-json_number (const char *json, const char *key)
-{
-  char pat[64];
-  const char *p;
-
-  snprintf (pat, sizeof pat, "\"%s\":", key);
-  p = strstr (json, pat);
-  return p ? strtoull (p + strlen (pat), NULL, 10) : 0;
-}
-
 /* Read the "cbw-status" export below. */
 static int
 read_cbw_status (struct cbw_status *st)
 {
   nbdkit_next *next;
   int err = 0, r = -1;
-  const char *p;
+  struct cbw_status_record rec;
+  char msg[128];
   size_t len;
 
   memset (st, 0, sizeof *st);
@@ -460,11 +432,13 @@ read_cbw_status (struct cbw_status *st)
   len = strlen (st->json);
   while (len > 0 && (st->json[len-1] == ' ' || st->json[len-1] == '\n'))
     st->json[--len] = '\0';
-  p = strstr (st->json, "\"state\":\"");
-  if (p)
-    sscanf (p + 9, "%15[a-z]", st->state);
-  st->generation = json_number (st->json, "generation");
-  st->cluster_size = json_number (st->json, "cluster_size");
+  if (cbw_status_parse (st->json, &rec, msg, sizeof msg) == -1) {
+    nbdkit_error ("bitmap-discard: %s", msg);
+    return -1;
+  }
+  memcpy (st->state, rec.state, sizeof st->state);
+  st->generation = rec.generation;
+  st->cluster_size = rec.cluster_size;
   return 0;
 }
 
@@ -535,15 +509,15 @@ open_holder (char *err, size_t errlen)
   return 0;
 }
 
-int
-scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
-                char *err, size_t errlen)
+/* Before the snapshot step: refuse what would fail (a snapshot is
+ * active, bad or missing names, cbw missing below or still holding the
+ * previous snapshot, granules that are not whole clusters).  *before
+ * is cbw's status now.
+ */
+static int
+snapshot_check (const char *since, const char *checkpoint,
+                struct cbw_status *before, char *err, size_t errlen)
 {
-  struct cbw_status before, after;
-  struct bitmap newscope;
-  uint64_t bytes;
-  bool made_checkpoint = false;
-
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (state != SC_NONE) {
@@ -567,24 +541,67 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
       return -1;
     }
   }
-  if (read_cbw_status (&before) == -1) {
+  if (read_cbw_status (before) == -1) {
     snprintf (err, errlen, "cannot read \"cbw-status\" below: this "
               "filter must sit above the cbw filter");
     return -1;
   }
-  if (before.cluster_size == 0 || bd_granularity % before.cluster_size) {
-    snprintf (err, errlen, "bitmap-granularity=%" PRIu32 " is not a "
-              "multiple of cbw-cluster-size=%" PRIu64 ": restart nbdkit "
-              "with matching values", bd_granularity, before.cluster_size);
+  if (before->cluster_size == 0 || bd_granularity % before->cluster_size) {
+    snprintf (err, errlen, "bitmap-discard-granularity=%" PRIu32
+              " is not a multiple of cbw-cluster-size=%" PRIu64 ": "
+              "restart nbdkit with matching values",
+              bd_granularity, before->cluster_size);
     return -1;
   }
-  if (strcmp (before.state, "none") != 0) {
+  if (strcmp (before->state, "none") != 0) {
     snprintf (err, errlen, "the cbw filter still holds the previous "
               "snapshot (state %s: clients still connected to "
               "\"snapshot\", or cbw-linger): disconnect them or wait, "
-              "then retry", before.state);
+              "then retry", before->state);
     return -1;
   }
+  return 0;
+}
+
+/* The snapshot is taken: record it and print the reply fields. */
+static void
+snapshot_publish (const char *since, const char *checkpoint,
+                  uint64_t freeze, uint64_t bytes, FILE *fp)
+{
+  uint64_t gen;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    state = SC_ACTIVE;
+    gen = ++generation;
+    scope_bytes = bytes;
+    released_bytes = 0;
+    strcpy (since_name, since ? since : "");
+    strcpy (ckpt_name, checkpoint ? checkpoint : "");
+  }
+  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
+           gen, bytes);
+  if (since)
+    fprintf (fp, ",\"since\":\"%s\"", since);
+  if (checkpoint)
+    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+  if (freeze)
+    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
+  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
+                PRIu64 " bytes", gen, bytes);
+}
+
+int
+scope_snapshot (const char *since, const char *checkpoint,
+                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+{
+  struct cbw_status before, after;
+  struct bitmap newscope;
+  uint64_t bytes;
+  bool made_checkpoint = false;
+
+  if (snapshot_check (since, checkpoint, &before, err, errlen) == -1)
+    return -1;
   if (bitmap_init (&newscope, 1, nr_granules) == -1) {
     snprintf (err, errlen, "out of memory");
     return -1;
@@ -592,12 +609,17 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
   if (!since)
     bitmap_fill (&newscope, 1);
 
-  /* 1. Hold and drain the writes. */
-  gate_hold ();
+  /* 1. Hold and drain the writes (while frozen: they are). */
+  if (freeze == 0)
+    gate_hold ();
+  else if (gate_hold_frozen (freeze, err, errlen) == -1) {
+    bitmap_free (&newscope);
+    return -1;
+  }
 
   /* 2. The checkpoint. */
   if (checkpoint) {
-    if (dirty_checkpoint_create (checkpoint, err, errlen) == -1)
+    if (dirty_checkpoint_create (checkpoint, true, err, errlen) == -1)
       goto fail;
     made_checkpoint = true;
   }
@@ -625,26 +647,10 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
     close_holder ();
     goto fail;
   }
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    state = SC_ACTIVE;
-    generation++;
-    scope_bytes = bytes;
-    released_bytes = 0;
-    strcpy (since_name, since ? since : "");
-    strcpy (ckpt_name, checkpoint ? checkpoint : "");
-  }
+  snapshot_publish (since, checkpoint, freeze, bytes, fp);
 
   /* 6. */
   gate_release ();
-  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
-           generation, bytes);
-  if (since)
-    fprintf (fp, ",\"since\":\"%s\"", since);
-  if (checkpoint)
-    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
-  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
-                PRIu64 " bytes", generation, bytes);
   return 0;
 
  fail:
@@ -654,7 +660,7 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
   }
   if (made_checkpoint) {
     char e2[256];
-    if (dirty_checkpoint_delete (checkpoint, e2, sizeof e2) == -1)
+    if (dirty_checkpoint_settle (false, checkpoint, e2, sizeof e2) == -1)
       nbdkit_debug ("bitmap-discard: undoing checkpoint %s: %s",
                     checkpoint, e2);
   }
@@ -663,9 +669,45 @@ scope_snapshot (const char *since, const char *checkpoint, FILE *fp,
   return -1;
 }
 
-int
-scope_release_snapshot (FILE *fp, char *err, size_t errlen)
+/* The end of a backup decides its pending checkpoint name ("" if the
+ * snapshot made none): committed if the backup says it succeeded and
+ * the snapshot did not break below, otherwise dropped.  Print the
+ * decision into the reply; a checkpoint that could be neither stays
+ * pending (the next start drops it) and the reply says why.
+ */
+static void
+settle_checkpoint (bool ok, const char *name, FILE *fp)
 {
+  struct cbw_status cs;
+  const char *reason = NULL;
+  char err[256];
+
+  if (name[0] == '\0') {
+    fputs (",\"checkpoint\":null,\"committed\":false", fp);
+    return;
+  }
+  if (!ok)
+    reason = "the backup reported result=failed";
+  else if (read_cbw_status (&cs) == -1)
+    reason = "the state of the snapshot below could not be read";
+  else if (strstr (cs.json, "\"broken\":true"))
+    reason = "the snapshot broke below (see cbw in status)";
+  fprintf (fp, ",\"checkpoint\":\"%s\"", name);
+  if (dirty_checkpoint_settle (reason == NULL, name, err, sizeof err) == -1) {
+    fputs (",\"committed\":false,\"dropped_reason\":", fp);
+    json_string (fp, err);
+    return;
+  }
+  fprintf (fp, ",\"committed\":%s", reason ? "false" : "true");
+  if (reason)
+    fprintf (fp, ",\"dropped_reason\":\"%s\"", reason);
+}
+
+int
+scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
+{
+  char name[CKPT_NAME_MAX + 1];
+
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (state != SC_ACTIVE) {
@@ -673,6 +715,7 @@ scope_release_snapshot (FILE *fp, char *err, size_t errlen)
       return -1;
     }
     state = SC_NONE;
+    strcpy (name, ckpt_name);
     fprintf (fp, ",\"clients\":%u", clients);
     /* A client that joined the snapshot but has not opened cbw's
      * "snapshot" below yet would, once the holder is gone, make cbw
@@ -683,8 +726,23 @@ scope_release_snapshot (FILE *fp, char *err, size_t errlen)
     while (opening > 0)
       pthread_cond_wait (&cond, &lock);
   }
+  /* Decide while the holder still pins the snapshot below. */
+  settle_checkpoint (ok, name, fp);
   close_holder ();
   return 0;
+}
+
+nbdkit_next *
+scope_holder (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  return state == SC_ACTIVE ? holder : NULL;
+}
+
+uint64_t
+scope_disk_size (void)
+{
+  return disk_size;
 }
 
 int
@@ -693,7 +751,7 @@ scope_checkpoint (const char *name, char *err, size_t errlen)
   int r;
 
   gate_hold ();
-  r = dirty_checkpoint_create (name, err, errlen);
+  r = dirty_checkpoint_create (name, false, err, errlen);
   gate_release ();
   return r;
 }
@@ -713,10 +771,12 @@ void
 scope_status (FILE *fp)
 {
   struct dirty_stats ds;
+  struct gate_stats gs;
   struct cbw_status cs;
   uint64_t remaining = 0;
 
   dirty_get_stats (&ds);
+  gate_get_stats (&gs);
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (scope_valid)
@@ -736,13 +796,22 @@ scope_status (FILE *fp)
            ds.enabled ? "true" : "false", ds.tracking ? "true" : "false",
            ds.failed ? "true" : "false", ds.nr_checkpoints,
            ds.active_dirty_bytes, ds.syncs, ds.marks_synced);
+  if (ds.pending[0])
+    fprintf (fp, ",\"pending_checkpoint\":\"%s\"", ds.pending);
+  else
+    fputs (",\"pending_checkpoint\":null", fp);
+  fprintf (fp, ",\"frozen\":%s", gs.frozen ? "true" : "false");
+  if (gs.frozen)
+    fprintf (fp, ",\"freeze\":%" PRIu64, gs.freeze_id);
+  else
+    fputs (",\"freeze\":null", fp);
+  fprintf (fp, ",\"freeze_remaining\":%.3f,\"freezes_expired\":%" PRIu64
+           ",\"writes_held\":%" PRIu64 ",\"writes_in_flight\":%" PRIu64,
+           gs.freeze_remaining, gs.freezes_expired, gs.writes_held,
+           gs.writes_in_flight);
   if (ds.warning[0]) {
-    const char *p;
-    fputs (",\"warning\":\"", fp);
-    for (p = ds.warning; *p; ++p)
-      if (*p != '"' && *p != '\\' && (unsigned char) *p >= 32)
-        fputc (*p, fp);
-    fputc ('"', fp);
+    fputs (",\"warning\":", fp);
+    json_string (fp, ds.warning);
   }
   if (read_cbw_status (&cs) == 0 && cs.json[0] == '{')
     fprintf (fp, ",\"cbw\":%s", cs.json);

@@ -1,4 +1,4 @@
-/* nbdkit-fleece: bitmap-discard filter, snapshot scope and writer gate.
+/* nbdkit-fleece: bitmap-discard filter, snapshot scope.
  * SPDX-License-Identifier: BSD-3-Clause
  */
 
@@ -11,6 +11,9 @@
 
 #include <nbdkit-filter.h>
 
+/* The writer gate (gate_begin, gate_end) for the writer export. */
+#include "gate.h"
+
 /* Parameters, set in .config and never changed after. */
 extern uint32_t bd_granularity;   /* bitmap-granularity, bytes */
 extern bool bd_discard_on_read;   /* bitmap-discard-on-read */
@@ -22,13 +25,6 @@ extern int scope_init (nbdkit_backend *backend, uint64_t size)
 /* Close the holder context, if any (nbdkit is shutting down). */
 extern void scope_cleanup (void);
 extern void scope_free (void);
-
-/* Writer gate: every write, zero and trim on the writer export runs
- * between gate_begin and gate_end; the snapshot step holds new ones
- * and waits for those in flight.
- */
-extern void gate_begin (void);
-extern void gate_end (void);
 
 /* A client context on the "snapshot" export opens / closes.  Open
  * fails (with an error logged) when there is no snapshot to join.
@@ -53,16 +49,33 @@ extern int scope_extents (nbdkit_next *next, uint32_t count,
                           struct nbdkit_extents *extents, int *err)
   __attribute__ ((__nonnull__ (1, 5, 6)));
 
+/* The end of the run of bytes from pos (< end) that are all in scope
+ * (*in set) or all out of it, at most end.
+ */
+extern uint64_t scope_run (uint64_t pos, uint64_t end, bool *in)
+  __attribute__ ((__nonnull__ (3)));
+
 /* Control commands.  The caller serializes them.  Each prints the rest
  * of a JSON reply object (",\"key\":value...") to fp on success, or
  * returns -1 with a message in err.
  */
+/* freeze: 0, or the freeze the snapshot must be taken in. */
 extern int scope_snapshot (const char *since, const char *checkpoint,
-                           FILE *fp, char *err, size_t errlen)
-  __attribute__ ((__nonnull__ (3, 4)));
-extern int scope_release_snapshot (FILE *fp, char *err, size_t errlen)
-  __attribute__ ((__nonnull__ (1, 2)));
+                           uint64_t freeze, FILE *fp,
+                           char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (4, 5)));
+/* ok: the backup succeeded (release result=ok): commit the pending
+ * checkpoint, unless the snapshot broke; otherwise drop it.
+ */
+extern int scope_release_snapshot (bool ok, FILE *fp, char *err,
+                                   size_t errlen)
+  __attribute__ ((__nonnull__ (2, 3)));
 extern void scope_status (FILE *fp) __attribute__ ((__nonnull__ (1)));
+/* Our context on "snapshot" below (control thread only), or NULL if
+ * no snapshot is active (taken on the control socket).
+ */
+extern nbdkit_next *scope_holder (void);
+extern uint64_t scope_disk_size (void);
 extern int scope_checkpoint (const char *name, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
 extern int scope_delete_checkpoint (const char *name, char *err,

@@ -584,6 +584,18 @@ store_wipe (int *err)
   return store_trim (disk_size, 0, err);
 }
 
+int
+store_wipe_ranges (store_range_fn next_range, void *opaque, int *err)
+{
+  uint64_t offset, count;
+
+  nbdconn_wait_idle (conn);
+  while (next_range (opaque, &offset, &count))
+    if (store_trim (count, offset, err) == -1)
+      return -1;
+  return 0;
+}
+
 void
 store_status_json (char *buf, size_t len)
 {

@@ -5,6 +5,7 @@
 #ifndef NBDKIT_CBW_STORE_H
 #define NBDKIT_CBW_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -68,6 +69,16 @@ extern int store_extents (uint32_t count, uint64_t offset,
  * stale write can land after the wipe.
  */
 extern int store_wipe (int *err) __attribute__ ((__nonnull__ (1)));
+
+/* Like store_wipe, but empty only the ranges that NEXT_RANGE yields
+ * (it returns false when there are no more), for a caller that knows
+ * where it wrote: the cost is that of those ranges, not of the disk.
+ */
+typedef bool (*store_range_fn) (void *opaque, uint64_t *offset,
+                                uint64_t *count);
+extern int store_wipe_ranges (store_range_fn next_range, void *opaque,
+                              int *err)
+  __attribute__ ((__nonnull__ (1, 3)));
 
 /* The RAM tier's counters as JSON members (no braces) into BUF. */
 extern void store_status_json (char *buf, size_t len)

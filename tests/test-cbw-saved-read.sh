@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# nbdkit-fleece: a writer of a saved cluster does not wait for a
+# snapshot read's live part elsewhere.
+# SPDX-License-Identifier: BSD-3-Clause
+#
+# A snapshot read that spans a SAVED cluster (read from the store) and
+# a NEEDED one (read from the live disk) holds writers of the NEEDED
+# cluster until it is done (frozen reads, test-cbw-frozen-read.sh),
+# but not writers of the SAVED cluster: their old data is in the
+# store, which the writer does not touch.
+#
+# The live disk is a file served by nbdkit's eval plugin, in which a
+# read of exactly 4097 bytes (only the live part of the test's
+# snapshot read has that size) says it started and then waits until
+# the test says so (or 60 s pass) before reading the file.
+#
+#   snapshot client R             cbw              writer client W
+#                                 <------------ write into cluster 0
+#                                 (cluster 0 SAVED)
+#   read 8193 @ C-4096 --------> 4096 from the store, 4097 @ C from
+#                                 the live disk: parked
+#                                 <------------ write into cluster 0
+#                                 goes below at once -------> returns
+#   the test sees W return while R is still parked, unparks R
+#   R returns the old data of both clusters
+#
+# Were the whole read registered as live, W would wait for R and R
+# for W: R would end first (at the 60 s bound) and the test fails.
+# No timing decides it: the test only looks at which ended first.
+
+source ./functions.sh
+source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+set -e
+set -x
+
+cbw_requires
+requires nbdkit eval --version
+requires dd --version
+
+export disk="$tmp/disk.img" dir="$tmp"
+live_sock="$tmp/live.sock"
+live_uri="nbd+unix:///?socket=$live_sock"
+
+cat > "$tmp/pread.sh" <<'SH'
+#!/bin/bash
+# $1=pread $2=handle $3=count $4=offset
+if [ "$3" = 4097 ]; then
+    touch "$dir/r-started"
+    for i in $(seq 1 600); do
+        [ -e "$dir/r-go" ] && break
+        sleep 0.1
+    done
+fi
+dd if="$disk" iflag=skip_bytes,count_bytes skip="$4" count="$3" \
+   status=none
+SH
+cat > "$tmp/pwrite.sh" <<'SH'
+#!/bin/bash
+dd of="$disk" oflag=seek_bytes conv=notrunc seek="$4" status=none
+SH
+chmod +x "$tmp/pread.sh" "$tmp/pwrite.sh"
+
+/usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(b"\x11" * (1 << 20))' "$disk"
+nbdkit_cmd="$plain_nbdkit" \
+start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
+             thread_model='echo parallel' get_size='echo 1048576' \
+             pread="$tmp/pread.sh"' "$@"' \
+             pwrite="$tmp/pwrite.sh"' "$@"' \
+             can_write='exit 0' flush='exit 0'
+_cbw_pids+=("$pid")
+start_cbw
+export writer_uri snap_uri
+
+timeout 120 python3 - <<'PY'
+import os, threading, time
+import nbd
+from cbwtest import conn
+
+C = 64 * 1024
+d = os.environ["dir"]
+
+sn = conn(os.environ["snap_uri"])
+w = conn(os.environ["writer_uri"])
+
+# Cluster 0 is SAVED once this returns; cluster 1 stays NEEDED.
+w.pwrite(b"\x22" * 100, 50)
+
+buf = nbd.Buffer(8193)
+cookie = sn.aio_pread(buf, C - 4096)
+for _ in range(1200):
+    sn.poll(0)
+    if os.path.exists(os.path.join(d, "r-started")):
+        break
+    time.sleep(0.05)
+else:
+    raise AssertionError("the snapshot read never reached the live disk")
+
+# A second write into cluster 0, while R's live part is parked.
+t = threading.Thread(target=lambda: w.pwrite(b"\x33" * 100, 1000))
+t.start()
+while t.is_alive() and sn.aio_in_flight() > 0:
+    sn.poll(100)
+assert sn.aio_in_flight() > 0, \
+    "the snapshot read ended before the writer: the writer of a " \
+    "saved cluster waited for a live read of another cluster"
+t.join()
+
+open(os.path.join(d, "r-go"), "w").close()
+while sn.aio_in_flight() > 0:
+    sn.poll(-1)
+assert sn.aio_command_completed(cookie)
+assert buf.to_bytearray() == b"\x11" * 8193, \
+    "the snapshot read returned other than the point-in-time data"
+assert sn.pread(C, 0) == b"\x11" * C
+assert w.pread(100, 50) == b"\x22" * 100
+assert w.pread(100, 1000) == b"\x33" * 100
+w.shutdown()
+sn.shutdown()
+PY
