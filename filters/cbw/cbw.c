@@ -389,7 +389,10 @@ cbw_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
   case EXPORT_SNAPSHOT:
     return snap_read (next, buf, count, offset, err);
   case EXPORT_STATUS:
-    /* One line of JSON, padded with spaces, ending in a newline. */
+    /* One line of JSON, padded with spaces, ending in a newline.  A
+     * store that died while idle is noticed here first.
+     */
+    store_poll ();
     snap_status_json (status, sizeof status);
     len = strlen (status);
     memset (status + len, ' ', CBW_STATUS_SIZE - len);

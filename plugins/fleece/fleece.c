@@ -41,12 +41,14 @@
 
 #include "link.h"
 
+/* Disconnect from the live disk. */
 static void
 fleece_unload (void)
 {
   link_unload ();
 }
 
+/* Every parameter is the link's. */
 static int
 fleece_config (const char *key, const char *value)
 {
@@ -59,6 +61,7 @@ fleece_config (const char *key, const char *value)
   return r == 1 ? 0 : -1;
 }
 
+/* Check the parameters together. */
 static int
 fleece_config_complete (void)
 {
@@ -83,6 +86,7 @@ fleece_after_fork (void)
   return link_after_fork ();
 }
 
+/* Extra lines for nbdkit --dump-plugin. */
 static void
 fleece_dump_plugin (void)
 {
@@ -103,12 +107,14 @@ fleece_open (int readonly)
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
+/* The live disk's size, read at start-up. */
 static int64_t
 fleece_get_size (void *handle)
 {
   return link_caps ()->size;
 }
 
+/* The live disk's block size constraints (0: none said). */
 static int
 fleece_block_size (void *handle,
                    uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
@@ -124,24 +130,28 @@ fleece_block_size (void *handle,
 /* Capabilities are those of the live disk at start-up. */
 #define CAP(handle, field) (link_caps ()->field)
 
+/* Writable unless the live disk is read-only. */
 static int
 fleece_can_write (void *handle)
 {
   return !link_caps ()->read_only;
 }
 
+/* Flush. */
 static int
 fleece_can_flush (void *handle)
 {
   return CAP (handle, flush);
 }
 
+/* Rotational. */
 static int
 fleece_is_rotational (void *handle)
 {
   return CAP (handle, rotational);
 }
 
+/* Trim. */
 static int
 fleece_can_trim (void *handle)
 {
@@ -157,30 +167,35 @@ fleece_can_zero (void *handle)
   return CAP (handle, zero);
 }
 
+/* Fast zero. */
 static int
 fleece_can_fast_zero (void *handle)
 {
   return CAP (handle, fast_zero);
 }
 
+/* FUA, sent to the live disk as such. */
 static int
 fleece_can_fua (void *handle)
 {
   return CAP (handle, fua) ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
 }
 
+/* Multi-conn. */
 static int
 fleece_can_multi_conn (void *handle)
 {
   return CAP (handle, multi_conn);
 }
 
+/* Cache, sent to the live disk as such. */
 static int
 fleece_can_cache (void *handle)
 {
   return CAP (handle, cache) ? NBDKIT_CACHE_NATIVE : NBDKIT_CACHE_NONE;
 }
 
+/* Extents (base:allocation). */
 static int
 fleece_can_extents (void *handle)
 {

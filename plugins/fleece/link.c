@@ -176,6 +176,7 @@ tls_config (const char *key, const char *value)
   return 0;
 }
 
+/* Parse one of the link's parameters. */
 int
 link_config (const char *key, const char *value)
 {
@@ -281,6 +282,7 @@ tls_setup (struct nbd_handle *h)
   return 0;
 }
 
+/* Check the parameters together, before connecting. */
 int
 link_config_complete (void)
 {
@@ -479,12 +481,15 @@ ts_add (struct timespec t, double secs)
   return t;
 }
 
+/* True if A is earlier than B. */
 static bool
 ts_before (struct timespec a, struct timespec b)
 {
-  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+  return a.tv_sec < b.tv_sec ||
+    (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
 }
 
+/* The current CLOCK_MONOTONIC time. */
 static struct timespec
 ts_now (void)
 {
@@ -515,6 +520,7 @@ choose_connections (void)
   return n;
 }
 
+/* Connect, read the capabilities and open the pool. */
 int
 link_get_ready (void)
 {
@@ -697,6 +703,7 @@ reconnect_thread (void *arg)
   return NULL;
 }
 
+/* Start the readers and the reconnect thread. */
 int
 link_after_fork (void)
 {
@@ -714,6 +721,7 @@ link_after_fork (void)
   return 0;
 }
 
+/* Stop the reconnect thread, drop the pool, free settings. */
 void
 link_unload (void)
 {
@@ -741,6 +749,7 @@ link_unload (void)
   free (status_file);
 }
 
+/* The capabilities read at start-up. */
 const struct link_caps *
 link_caps (void)
 {
