@@ -345,6 +345,7 @@ inflight_done (struct nbdconn *c)
   }
 }
 
+/* Free a heap command and the buffer it owns. */
 static void
 cmd_free (struct cmd *cmd)
 {

@@ -68,7 +68,7 @@ static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- The engine's view of the layer below. ---- */
 
-/* Around every call below: serialize it unless the server runs the
+/* Before every call below: serialize it unless the server runs the
  * PARALLEL thread model.
  */
 static void
@@ -78,6 +78,7 @@ below_enter (void)
     pthread_mutex_lock (&below_lock);
 }
 
+/* After every call below. */
 static void
 below_leave (void)
 {
