@@ -3,11 +3,11 @@
 # SPDX-License-Identifier: BSD-3-Clause
 #
 # bench/run.sh [--quick | --smoke] [--runs N] [--size SIZE] [--ram SIZE]
-#              [--no-qemu] [--no-1t]
+#              [--no-qemu] [--no-1t] [--only C1,C2,...]
 #
 # Builds what it needs, runs every contender interleaved run by run
 # (A B C ... A B C ...), and prints a markdown table of medians with
-# the goals of issue 5.  Raw results go to bench/results/<timestamp>/
+# the goals, and the CPU time each process spent per request.  Raw results go to bench/results/<timestamp>/
 # (or $BENCH_RESULTS).  See bench/README.md.
 #
 # Environment:
@@ -17,6 +17,7 @@
 #   BENCH_NO_BUILD  set: do not run make (the tree is built already)
 #   BENCH_TMPDIR    where sockets and fleece images go (default $TMPDIR
 #                   or /tmp); the same file system for every contender
+#   BENCH_NO_PERF   set: count CPU from /proc/PID/stat, not perf stat
 
 set -euo pipefail
 
@@ -31,6 +32,7 @@ size=
 ram=
 with_qemu=1
 with_1t=1
+only=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) profile=quick; shift ;;
@@ -43,6 +45,8 @@ while [ $# -gt 0 ]; do
         --ram=*) ram="${1#--ram=}"; shift ;;
         --no-qemu) with_qemu=0; shift ;;
         --no-1t) with_1t=0; shift ;;
+        --only) only="$2"; shift 2 ;;
+        --only=*) only="${1#--only=}"; shift ;;
         -h|--help)
             sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
             exit 0 ;;
@@ -276,11 +280,93 @@ note ()
     grep -qxF -- "$*" "$notes" || echo "$*" >>"$notes"
 }
 
-# load CONTENDER METRIC ARGS...: run nbd-load, record MiB/s and ops/s.
+# CPU accounting.  Every load is measured per process: the client
+# (nbd-load), the hop (the server under test: $hop_pid), the live
+# disk ($live_pid) and the hop's fleece store (its children and
+# $store_pid).  With perf (software events, so it works in VMs and
+# with perf_event_paranoid=2 as root) we count task-clock and context
+# switches of every thread, those that start and end during the load
+# included; without it, utime+stime from /proc/PID/stat (10 ms
+# ticks, no switch counts).  Each figure is divided by the requests
+# of the load: CPU microseconds and switches per request.
+hop_pid=
+store_pid=
+have_perf=0
+# --smoke (make check) counts with /proc only: attaching perf to
+# every process of every load would triple its time.
+if [ -z "${BENCH_NO_PERF:-}" ] && [ "$profile" != smoke ] &&
+       perf stat -x, -e task-clock,context-switches -D -1 --control fd:0 true </dev/null >/dev/null 2>&1
+then
+    have_perf=1
+fi
+
+# cpu_roles: "role pid" lines for the processes of the current load.
+cpu_roles ()
+{
+    local q
+    [ -n "$hop_pid" ] && echo "hop $hop_pid"
+    echo "live $live_pid"
+    if [ -n "$hop_pid" ]; then
+        for q in $(children "$hop_pid"); do echo "store $q"; done
+    fi
+    [ -n "$store_pid" ] && echo "store $store_pid"
+    return 0
+}
+
+# ticks PID: utime+stime of a process (all its threads, living or
+# gone), in clock ticks.
+ticks ()
+{
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# perf_field FILE EVENT: the count of EVENT in a perf stat -x, file.
+perf_field ()
+{
+    awk -F, -v e="$2" '$3 == e || $3 ~ "^" e ":" { print $1; exit }' "$1"
+}
+
+# load CONTENDER METRIC ARGS...: run nbd-load, record MiB/s, ops/s
+# and, per process, CPU us and context switches per request.
 load ()
 {
-    local c="$1" m="$2" out; shift 2
-    if ! out="$("$LOAD" "$@" --label="$c/$m" 2>>"$raw")"; then
+    local c="$1" m="$2" out role pid i n ops hz
+    local -a roles=() rpids=() perfpids=() t0=()
+    shift 2
+    while read -r role pid; do
+        roles+=("$role"); rpids+=("$pid")
+    done < <(cpu_roles)
+    for i in "${!rpids[@]}"; do
+        t0[$i]="$(ticks "${rpids[$i]}")"
+        if [ $have_perf = 1 ]; then
+            # Attached with its counters off; enabled through its
+            # control fifo, which acknowledges once they count.
+            rm -f "$work/perf.$i" "$work/ctl.$i" "$work/ack.$i"
+            mkfifo "$work/ctl.$i" "$work/ack.$i"
+            perf stat -x, -e task-clock,context-switches -D -1 \
+                 --control "fifo:$work/ctl.$i,$work/ack.$i" \
+                 -p "${rpids[$i]}" -o "$work/perf.$i" 2>/dev/null &
+            perfpids[$i]=$!
+            # (Opened read-write: never blocks, even if perf failed;
+            # kept open until the ack, or the command would be lost.)
+            exec {n}<>"$work/ctl.$i" {role}<>"$work/ack.$i"
+            echo enable >&$n
+            read -r -t 10 -u $role pid || :
+            exec {n}>&- {role}>&-
+        fi
+    done
+    if [ $have_perf = 1 ]; then
+        out="$(perf stat -x, -e task-clock,context-switches \
+               -o "$work/perf.client" -- \
+               "$LOAD" "$@" --label="$c/$m" 2>>"$raw")" || out=
+    else
+        out="$("$LOAD" "$@" --label="$c/$m" 2>>"$raw")" || out=
+    fi
+    for i in "${!perfpids[@]}"; do
+        kill -INT "${perfpids[$i]}" 2>/dev/null || :
+        wait "${perfpids[$i]}" 2>/dev/null || :
+    done
+    if [ -z "$out" ] || ! grep -q '"errors":0' <<<"$out"; then
         echo "$out" >>"$raw"
         log "$c $m: nbd-load failed (see $raw)"
         note "$c: $m failed (see raw.log)"
@@ -289,7 +375,47 @@ load ()
     echo "$out" >>"$raw"
     metric "$c" "$m" "$(jq_field "$out" mib_per_sec)"
     metric "$c" "${m}_ops" "$(jq_field "$out" ops_per_sec)"
+    ops="$(jq_field "$out" ops)"
+    [ "${ops:-0}" -gt 0 ] || return 0
+    if [ $have_perf = 1 ]; then
+        roles+=(client)
+        for i in "${!roles[@]}"; do
+            local f="$work/perf.$i"
+            [ "${roles[$i]}" = client ] && f="$work/perf.client"
+            [ -s "$f" ] || continue
+            cat "$f" >>"$raw"
+            local ms sw
+            ms="$(perf_field "$f" task-clock)"
+            sw="$(perf_field "$f" context-switches)"
+            case "$ms" in ''|*[!0-9.]*) continue ;; esac
+            cpu_metric "$c" "$m" "${roles[$i]}" \
+                "$(awk -v a="$ms" -v o="$ops" 'BEGIN { printf "%.2f", a * 1000 / o }')" \
+                "$(awk -v a="${sw:-0}" -v o="$ops" 'BEGIN { printf "%.3f", a / o }')"
+        done
+    else
+        hz="$(getconf CLK_TCK)"
+        for i in "${!rpids[@]}"; do
+            cpu_metric "$c" "$m" "${roles[$i]}" \
+                "$(awk -v a="${t0[$i]}" -v b="$(ticks "${rpids[$i]}")" \
+                   -v o="$ops" -v hz="$hz" \
+                   'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / o }')" ""
+        done
+    fi
 }
+
+# cpu_metric CONTENDER METRIC ROLE US_PER_OP SWITCHES_PER_OP: several
+# processes may share a role (the store): their figures add up.
+cpu_metric ()
+{
+    local key="$run_no/$1/$2/$3"
+    cpu_us[$key]="$(awk -v a="${cpu_us[$key]:-0}" -v b="$4" 'BEGIN { printf "%.2f", a + b }')"
+    metric "$1" "$2_cpu_$3" "${cpu_us[$key]}"
+    if [ -n "$5" ]; then
+        cpu_sw[$key]="$(awk -v a="${cpu_sw[$key]:-0}" -v b="$5" 'BEGIN { printf "%.3f", a + b }')"
+        metric "$1" "$2_csw_$3" "${cpu_sw[$key]}"
+    fi
+}
+declare -A cpu_us=() cpu_sw=()
 
 # jq_field JSON FIELD (numbers only; avoids needing jq).
 jq_field ()
@@ -360,10 +486,36 @@ writes ()   # CONTENDER URI SUFFIX: 4K and 64K passes
     load "$1" "w64k$3" write --block-size=64K --stride=$cluster --seed=$run_no "$2"
 }
 
+# 4K reads of the first 64 MiB (at most the disk), sequential, QD16:
+# the per-request cost of a hop when nothing is copied.
+reads4k ()  # CONTENDER URI
+{
+    load "$1" r4k read --block-size=4K --size=$((size_bytes < (64 << 20) ? size_bytes : 64 << 20)) "$2"
+}
+
 c_direct ()
 {
+    hop_pid= store_pid=
     writes direct "$LIVE" ""
+    reads4k direct "$LIVE"
     copy direct copy "$LIVE"
+}
+
+# nbdkit's stock nbd plugin in front of the live disk: the hop anyone
+# can build from stock parts, the floor our own hop is compared with.
+c_nbdplugin ()
+{
+    local c=nbdplugin p
+    start_nbdkit nbdplugin nbd socket="$work/live.sock" || {
+        note "$c: nbdkit nbd plugin failed to start"; return 0; }
+    p="$server_pid"
+    hop_pid="$p" store_pid=
+    writes $c "$(uri nbdplugin)" ""
+    reads4k $c "$(uri nbdplugin)"
+    copy $c copy "$(uri nbdplugin)"
+    metric $c rss_kib "$(hwm "$p")"
+    stop_server "$p"
+    hop_pid=
 }
 
 # Our stack's command line.  $1 = variant (plain, ram, bd).
@@ -388,10 +540,13 @@ c_ours_nosnap ()
     start_nbdkit ours $(ours_args plain "$img") || {
         note "$c: server failed to start"; return 0; }
     local p="$server_pid"
+    hop_pid="$p" store_pid=
     writes $c "$(uri ours)" ""
+    reads4k $c "$(uri ours)"
     copy $c copy "$(uri ours)"
     metric $c rss_kib "$(hwm "$p")"
     stop_server "$p"
+    hop_pid=
 }
 
 # Snapshot contender for our stack: two sessions (4K, then 64K), each
@@ -411,6 +566,7 @@ ours_snap ()
             return 0
         fi
         p="$server_pid"
+        hop_pid="$p" store_pid=
         hold "$(uri ours snapshot)" || { stop_server "$p"; note "$c: holder failed"; return 0; }
         if [ $bs = 4k ]; then
             copy "$c" copy_snap_clean "$(uri ours snapshot)"
@@ -432,28 +588,36 @@ ours_snap ()
         fi
         release
         stop_server "$p"
+        hop_pid=
     done
 }
 
-# A deliberately slow fleece store: nbdkit memory behind the delay
-# filter (each write to it takes 10 ms more), given to cbw as
-# cbw-store.  64K first writes only, with and without the RAM tier:
-# what cbw-ram is for.
-ours_slow ()
+# A fleece store given to cbw as cbw-store: nbdkit memory, either
+# fast (nothing in front) or deliberately slow (the delay filter
+# makes each write to it take 10 ms more).  64K first writes only,
+# with and without the RAM tier: what cbw-ram is for.
+# ours_store CONTENDER fast|slow [CBW-ARGS...]
+ours_store ()
 {
-    local c="$1" s p
-    shift
-    start_nbdkit slowstore --filter=delay memory "$size_bytes" \
-                 delay-write=10ms || {
-        note "$c: the slow store failed to start"; return 0; }
+    local c="$1" speed="$2" s p
+    shift 2
+    if [ "$speed" = slow ]; then
+        start_nbdkit store --filter=delay memory "$size_bytes" \
+                     delay-write=10ms || {
+            note "$c: the slow store failed to start"; return 0; }
+    else
+        start_nbdkit store memory "$size_bytes" || {
+            note "$c: the fast store failed to start"; return 0; }
+    fi
     s="$server_pid"
     if ! start_nbdkit ours --filter="$CBW" "$FLEECE" "live=$LIVE" \
-         "cbw-store=$(uri slowstore)" "$@"; then
+         "cbw-store=$(uri store)" "$@"; then
         stop_server "$s"
         note "$c: server refused to start; skipped"
         return 0
     fi
     p="$server_pid"
+    hop_pid="$p" store_pid="$s"
     if hold "$(uri ours snapshot)"; then
         load "$c" w64k_p1 write --block-size=64K --stride=$cluster \
              --seed=$run_no "$(uri ours)"
@@ -464,10 +628,13 @@ ours_slow ()
     fi
     stop_server "$p"
     stop_server "$s"
+    hop_pid= store_pid=
 }
 
-c_ours_slow ()    { ours_slow ours-slow; }
-c_ours_slowram () { ours_slow ours-slowram "cbw-ram=$ram_bytes"; }
+c_ours_slow ()    { ours_store ours-slow slow; }
+c_ours_slowram () { ours_store ours-slowram slow "cbw-ram=$ram_bytes"; }
+c_ours_fast ()    { ours_store ours-fast fast; }
+c_ours_fastram () { ours_store ours-fastram fast "cbw-ram=$ram_bytes"; }
 
 c_ours_snap () { ours_snap ours-snap plain; }
 c_ours_ram ()  { ours_snap ours-ram ram; }
@@ -484,10 +651,13 @@ c_qemu_nosnap ()
         --blockdev driver=raw,node-name=top,file=live || {
         note "$c: qemu-storage-daemon failed to start"; return 0; }
     p="$server_pid"
+    hop_pid="$p" store_pid=
     writes $c "$(uri qemu)" ""
+    reads4k $c "$(uri qemu)"
     copy $c copy "$(uri qemu)"
     metric $c rss_kib "$(hwm "$p")"
     stop_server "$p"
+    hop_pid=
 }
 
 c_qemu_snap ()
@@ -504,6 +674,7 @@ c_qemu_snap ()
             --blockdev driver=snapshot-access,node-name=snap,file=top,discard=unmap || {
             note "$c: qemu-storage-daemon failed to start"; return 0; }
         p="$server_pid"
+        hop_pid="$p" store_pid=
         if [ $bs = 4k ]; then
             copy "$c" copy_snap_clean "$(uri qemu snapshot)"
             load "$c" w4k_p1 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri qemu)"
@@ -520,13 +691,15 @@ c_qemu_snap ()
             metric "$c" rss_kib "$(hwm "$p")"
         fi
         stop_server "$p"
+        hop_pid=
     done
     qsd_snapshot_export=
 }
 
 # cbw-ram is cbw's own parameter: if cbw refuses it, ours_ram notes
 # the skip itself.
-contenders=(direct ours_nosnap ours_snap ours_ram ours_slow ours_slowram)
+contenders=(direct nbdplugin ours_nosnap ours_snap ours_ram
+            ours_fast ours_fastram ours_slow ours_slowram)
 if [ -e "$BITMAP_DISCARD" ]; then
     contenders+=(ours_bd)
 else
@@ -538,6 +711,16 @@ if [ $with_qemu = 1 ]; then
     else
         note "qemu: qemu-storage-daemon not installed (Debian package qemu-system-common); skipped"
     fi
+fi
+
+if [ -n "$only" ]; then
+    kept=()
+    for c in "${contenders[@]}"; do
+        case ",$only," in *",$c,"*) kept+=("$c") ;; esac
+    done
+    contenders=("${kept[@]}")
+    [ ${#contenders[@]} -gt 0 ] || { echo "run.sh: --only: no such contender: $only" >&2; exit 1; }
+    with_1t=0
 fi
 
 log "profile $profile: size $size, $runs run(s), contenders: ${contenders[*]}"

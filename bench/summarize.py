@@ -28,10 +28,13 @@ with open(os.path.join(results, "metrics.jsonl")) as f:
 
 CONTENDERS = [
     ("direct", "direct"),
+    ("nbdplugin", "nbdkit nbd plugin"),
     ("ours-nosnap", "ours, no snapshot"),
     ("ours-snap", "ours, snapshot"),
     ("ours-ram", "ours + cbw-ram"),
     ("ours-bd", "ours + bitmap-discard"),
+    ("ours-fast", "ours, fast store (memory)"),
+    ("ours-fastram", "ours + cbw-ram, fast store"),
     ("ours-slow", "ours, slow store (+10 ms/write)"),
     ("ours-slowram", "ours + cbw-ram, slow store"),
     ("qemu-nosnap", "QEMU, no CBW"),
@@ -92,6 +95,7 @@ rows = [
     ("4K random writes, pass 2 (MiB/s)", lambda c: fmt_rate(c, "w4k_p2")),
     ("64K random writes, pass 1 (MiB/s)", lambda c: fmt_rate(c, first(c, "w64k_p1", "w64k"))),
     ("64K random writes, pass 2 (MiB/s)", lambda c: fmt_rate(c, "w64k_p2")),
+    ("4K sequential reads (MiB/s)", lambda c: fmt_rate(c, "r4k")),
     ("nbdcopy, export / fresh snapshot (MiB/s)", lambda c: fmt_rate(c, first(c, "copy_snap_clean", "copy"))),
     ("nbdcopy, snapshot after writes (MiB/s)", lambda c: fmt_rate(c, "copy_snap")),
     ("backup read + TRIM, 1M (MiB/s)", lambda c: fmt_rate(c, "readtrim")),
@@ -146,23 +150,27 @@ def rgoal(name, a, b, target):
 
 
 rgoal("first write 4K: ours-snap p1 / qemu-snap p1",
-      ("ours-snap", "w4k_p1"), ("qemu-snap", "w4k_p1"), 1.0)
+      ("ours-snap", "w4k_p1"), ("qemu-snap", "w4k_p1"), 1.3)
 rgoal("first write 64K: ours-snap p1 / qemu-snap p1",
-      ("ours-snap", "w64k_p1"), ("qemu-snap", "w64k_p1"), 1.0)
-rgoal("ramcache first write 64K: ours-ram p1 / direct",
-      ("ours-ram", "w64k_p1"), ("direct", "w64k"), 0.5)
+      ("ours-snap", "w64k_p1"), ("qemu-snap", "w64k_p1"), 1.3)
+rgoal("first write 64K with cbw-ram: ours-ram p1 / qemu-snap p1",
+      ("ours-ram", "w64k_p1"), ("qemu-snap", "w64k_p1"), 2.0)
+rgoal("cbw-ram / none, first write 64K, fast store (memory)",
+      ("ours-fastram", "w64k_p1"), ("ours-fast", "w64k_p1"), 1.2)
+rgoal("cbw-ram / none, first write 64K, qcow2 store",
+      ("ours-ram", "w64k_p1"), ("ours-snap", "w64k_p1"), 1.2)
+rgoal("no snapshot 4K write: ours-nosnap / nbd plugin",
+      ("ours-nosnap", "w4k"), ("nbdplugin", "w4k"), 1.15)
+rgoal("no snapshot 4K read: ours-nosnap / nbd plugin",
+      ("ours-nosnap", "r4k"), ("nbdplugin", "r4k"), 1.15)
+rgoal("no snapshot 4K write: ours-nosnap / direct",
+      ("ours-nosnap", "w4k"), ("direct", "w4k"), 0.45)
+rgoal("nbdcopy of fresh snapshot / of our export",
+      ("ours-snap", "copy_snap_clean"), ("ours-nosnap", "copy"), 0.95)
 rgoal("second pass 4K: ours-snap p2 / ours-nosnap",
       ("ours-snap", "w4k_p2"), ("ours-nosnap", "w4k"), 0.95)
 rgoal("second pass 64K: ours-snap p2 / ours-nosnap",
       ("ours-snap", "w64k_p2"), ("ours-nosnap", "w64k"), 0.95)
-rgoal("no snapshot 4K: ours-nosnap / direct",
-      ("ours-nosnap", "w4k"), ("direct", "w4k"), 0.9)
-rgoal("no snapshot 64K: ours-nosnap / direct",
-      ("ours-nosnap", "w64k"), ("direct", "w64k"), 0.9)
-rgoal("nbdcopy of fresh snapshot / of live disk",
-      ("ours-snap", "copy_snap_clean"), ("direct", "copy"), 0.9)
-rgoal("nbdcopy of snapshot after writes / of live disk",
-      ("ours-snap", "copy_snap"), ("direct", "copy"), 0.9)
 rss = med("ours-1t", "rss_kib")
 store = med("ours-1t", "rss_store_kib")
 goal("RSS at 1 TiB, no ramcache: nbdkit (MiB)",
@@ -178,6 +186,9 @@ out.append("")
 
 # For information: QEMU's own ratios, and the cost of the extra layers.
 info = [
+    ("ours no snapshot / direct, 64K", ratio(("ours-nosnap", "w64k"), ("direct", "w64k"))),
+    ("ours no snapshot / nbd plugin, 64K", ratio(("ours-nosnap", "w64k"), ("nbdplugin", "w64k"))),
+    ("nbd plugin / direct, 4K", ratio(("nbdplugin", "w4k"), ("direct", "w4k"))),
     ("QEMU no CBW / direct, 4K", ratio(("qemu-nosnap", "w4k"), ("direct", "w4k"))),
     ("QEMU no CBW / direct, 64K", ratio(("qemu-nosnap", "w64k"), ("direct", "w64k"))),
     ("QEMU first write / direct, 64K", ratio(("qemu-snap", "w64k_p1"), ("direct", "w64k"))),
@@ -205,6 +216,51 @@ if rss is not None:
                "random 64K and 4K first writes%s, 256 MiB snapshot read)."
                % (rss / 1024, (store or 0) / 1024,
                   ", 64K first writes at %.1f MiB/s" % w if w else ""))
+    out.append("")
+
+
+# CPU per request, per process: median over the runs of CPU
+# microseconds (task-clock, or utime+stime) and context switches per
+# request, by role.
+ROLES = ["client", "hop", "live", "store"]
+WORKLOADS = [("w4k", "4K write"), ("w4k_p1", "4K first write"),
+             ("w4k_p2", "4K write, pass 2"), ("r4k", "4K read"),
+             ("w64k", "64K write"), ("w64k_p1", "64K first write"),
+             ("w64k_p2", "64K write, pass 2")]
+
+
+def fmt_cpu(c, m, role):
+    us = data.get((c, "%s_cpu_%s" % (m, role)))
+    if not us:
+        return None
+    v = sorted(us.values())
+    cell = "%.1f" % statistics.median(v)
+    if len(v) > 1:
+        cell += " [%.1f–%.1f]" % (v[0], v[-1])
+    sw = med(c, "%s_csw_%s" % (m, role))
+    if sw is not None:
+        cell += " (%.1f sw)" % sw
+    return cell
+
+
+cpu_rows = []
+for m, wname in WORKLOADS:
+    for c, cname in present:
+        cells = [fmt_cpu(c, m, r) for r in ROLES]
+        if all(x is None for x in cells):
+            continue
+        cpu_rows.append("| %s | %s | %s |" % (
+            wname, cname, " | ".join(x or "—" for x in cells)))
+if cpu_rows:
+    out.append("CPU µs per request, per process: median [min–max over "
+               "runs] (context switches per request).  hop = the server "
+               "under test (none for direct), live = the live disk "
+               "server, store = the fleece store (cbw's qemu-nbd or the "
+               "cbw-store server).")
+    out.append("")
+    out.append("| workload | contender | " + " | ".join(ROLES) + " |")
+    out.append("|---|---|" + "---|" * len(ROLES))
+    out.extend(cpu_rows)
     out.append("")
 
 try:

@@ -11,6 +11,16 @@
  * calls nbd_aio_notify_read/write; libnbd runs the completion
  * callbacks on that thread as the replies arrive.
  *
+ * The hand-off costs what it must and no more: the callback posts
+ * the caller's semaphore (one futex wake, none if the caller has not
+ * gone to sleep yet) and takes no lock of ours, so the reader never
+ * holds a lock a woken caller needs, and callers never contend with
+ * each other or with the reader on a connection-wide lock.  The
+ * in-flight count is an atomic counter; only nbdconn_wait_idle sleeps
+ * on the connection lock, and a callback takes that lock only when
+ * the count drops to zero while somebody waits there.  A command
+ * without a deadline lives on its caller's stack.
+ *
  * When a caller queues a command while the reader is asleep in
  * poll(2) waiting only for input, the socket may need writing: the
  * caller pokes the reader through a pipe so that it looks at
@@ -18,10 +28,12 @@
  *
  * Command lifetime: a struct cmd is owned by its caller until the
  * command is queued, then shared with the completion callback.  The
- * one subtle case is a caller that stops waiting at a deadline: it
- * marks the command abandoned under the lock and the callback frees
- * it (and the data buffer, which the caller handed over) when the
- * reply finally comes.
+ * one subtle case is a caller that stops waiting at a deadline: the
+ * command's state says who frees it.  Caller and callback each swap
+ * in their own final state (ABANDONED, DONE) atomically; whoever
+ * comes second sees the other's, and if that is the callback, it
+ * frees the command (and the data buffer, which the caller handed
+ * over) when the reply finally comes.
  *
  * When the connection dies, libnbd completes every queued and
  * in-flight command with an error, so no caller sleeps forever, and
@@ -41,6 +53,8 @@
 #include <unistd.h>
 
 #include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
 
 #include <libnbd.h>
 #include <nbdkit-filter.h> /* declares the nbdkit_* calls we use */
@@ -58,22 +72,30 @@ struct nbdconn {
   bool reader_started;
   uint32_t max_request;         /* largest read or write to send */
 
-  /* Protected by lock. */
+  /* Atomic, no lock. */
+  atomic_uint_fast64_t inflight; /* commands queued and not completed */
+  atomic_uint idle_waiters;     /* threads in nbdconn_wait_idle */
+  atomic_bool stopping;         /* reader must exit */
+  atomic_bool dead;             /* connection lost, for good */
+
+  /* Only for nbdconn_wait_idle: a callback that brings inflight to 0
+   * while idle_waiters > 0 broadcasts idle_cond under the lock.
+   */
   pthread_mutex_t lock;
-  pthread_cond_t idle_cond;     /* signalled when inflight drops to 0 */
-  uint64_t inflight;            /* commands queued and not completed */
-  bool stopping;                /* reader must exit */
-  bool dead;                    /* connection lost, for good */
+  pthread_cond_t idle_cond;
 };
 
-/* One command.  The fields after 'c' are protected by c->lock. */
+/* Who owns a command after it is queued (see "Command lifetime"). */
+enum cmd_state { CMD_WAITING, CMD_DONE, CMD_ABANDONED };
+
+/* One command. */
 struct cmd {
   struct nbdconn *c;
-  pthread_cond_t cond;          /* signalled when done */
-  bool done;                    /* reply received, err is valid */
-  bool abandoned;               /* caller gave up: callback frees */
-  int err;                      /* errno from the reply, or 0 */
-  void *owned_buf;              /* freed with the command */
+  sem_t done;                   /* posted by the callback */
+  atomic_int state;             /* enum cmd_state */
+  int err;                      /* errno from the reply, written by the
+                                 * callback before it posts done */
+  void *owned_buf;              /* freed with an abandoned command */
 };
 
 struct nbdconn *
@@ -181,20 +203,20 @@ nbdconn_handle (struct nbdconn *c)
 static void
 set_dead (struct nbdconn *c)
 {
+  atomic_store (&c->dead, true);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-  c->dead = true;
+  pthread_cond_broadcast (&c->idle_cond);
 }
 
 /* Mark the connection dead, once, with a message. */
 static void
 mark_dead (struct nbdconn *c, const char *why)
 {
-  bool first;
+  bool first = !atomic_exchange (&c->dead, true);
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-    first = !c->dead;
-    c->dead = true;
+    pthread_cond_broadcast (&c->idle_cond);
   }
   if (first)
     nbdkit_error ("%s: connection lost: %s", c->what, why);
@@ -205,25 +227,21 @@ static void *
 reader (void *opaque)
 {
   struct nbdconn *c = opaque;
+  /* The socket does not change once connected. */
+  const int fd = nbd_aio_get_fd (c->h);
 
-  for (;;) {
+  if (fd == -1) {
+    mark_dead (c, nbd_get_error ());
+    return NULL;
+  }
+
+  while (!atomic_load (&c->stopping)) {
     struct pollfd fds[2];
     unsigned dir;
-    int fd, r;
+    int r;
     char buf[64];
 
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-      if (c->stopping)
-        break;
-    }
-
     dir = nbd_aio_get_direction (c->h);
-    fd = nbd_aio_get_fd (c->h);
-    if (fd == -1) {
-      mark_dead (c, nbd_get_error ());
-      break;
-    }
     fds[0].fd = fd;
     fds[0].events = 0;
     if (dir & LIBNBD_AIO_DIRECTION_READ)
@@ -296,10 +314,7 @@ nbdconn_close (struct nbdconn *c)
   if (c == NULL)
     return;
   if (c->reader_started) {
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-      c->stopping = true;
-    }
+    atomic_store (&c->stopping, true);
     poke (c);
     pthread_join (c->reader, NULL);
   }
@@ -315,36 +330,49 @@ nbdconn_close (struct nbdconn *c)
   free (c);
 }
 
-/* Completion callback, on whatever thread libnbd runs it. */
+/* One command fewer in flight: wake nbdconn_wait_idle if it was the
+ * last and somebody waits there.  (Both counters are sequentially
+ * consistent: a waiter that registered before our decrement is seen
+ * here; one that registers after it sees inflight at 0.)
+ */
+static void
+inflight_done (struct nbdconn *c)
+{
+  if (atomic_fetch_sub (&c->inflight, 1) == 1 &&
+      atomic_load (&c->idle_waiters) > 0) {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
+    pthread_cond_broadcast (&c->idle_cond);
+  }
+}
+
+/* Free a heap command and the buffer it owns. */
+static void
+cmd_free (struct cmd *cmd)
+{
+  sem_destroy (&cmd->done);
+  free (cmd->owned_buf);
+  free (cmd);
+}
+
+/* Completion callback, on whatever thread libnbd runs it.  After the
+ * post the command belongs to its caller again (it may be gone).
+ */
 static int
 complete (void *opaque, int *error)
 {
   struct cmd *cmd = opaque;
   struct nbdconn *c = cmd->c;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
 
-  assert (c->inflight > 0);
-  if (--c->inflight == 0)
-    pthread_cond_broadcast (&c->idle_cond);
-  if (cmd->abandoned) {
-    pthread_cond_destroy (&cmd->cond);
-    free (cmd->owned_buf);
-    free (cmd);
+  cmd->err = *error;
+  if (atomic_exchange (&cmd->state, CMD_DONE) == CMD_ABANDONED) {
+    cmd_free (cmd);
+    inflight_done (c);
   }
   else {
-    cmd->done = true;
-    cmd->err = *error;
-    pthread_cond_signal (&cmd->cond);
+    inflight_done (c);
+    sem_post (&cmd->done);
   }
   return 1;                     /* retire the command */
-}
-
-static void
-cmd_free (struct cmd *cmd)
-{
-  pthread_cond_destroy (&cmd->cond);
-  free (cmd->owned_buf);
-  free (cmd);
 }
 
 /* What to send: one of the NBD commands and its arguments. */
@@ -392,12 +420,89 @@ queue (struct nbdconn *c, const struct request *r, struct cmd *cmd)
   abort ();
 }
 
-/* Send a command and wait for its reply (or DEADLINE, if not NULL).
- * OWNED_BUF, if not NULL, is freed with the command.
+/* Queue CMD for R, counting it in flight first (its completion may
+ * run before the nbd_aio_* call returns), and poke the reader if the
+ * request could not be sent at once.  Returns -1 with *err set if it
+ * was not queued (then the callback never runs).
  */
 static int
-run (struct nbdconn *c, const struct request *r, void *owned_buf,
-     const struct timespec *deadline, int *err)
+send_cmd (struct nbdconn *c, const struct request *r, struct cmd *cmd,
+          int *err)
+{
+  int e;
+
+  if (atomic_load (&c->dead)) {
+    nbdkit_error ("%s: %s: connection is gone", c->what, r->name);
+    *err = EIO;
+    return -1;
+  }
+  atomic_fetch_add (&c->inflight, 1);
+  if (queue (c, r, cmd) == -1) {
+    e = nbd_get_errno ();
+    nbdkit_error ("%s: %s: %s", c->what, r->name, nbd_get_error ());
+    inflight_done (c);
+    if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+      set_dead (c);
+    /* A command refused by a dead or closed handle is an I/O error. */
+    *err = (e == 0 || e == EINVAL || e == ENOTCONN) ? EIO : e;
+    return -1;
+  }
+  if (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE)
+    poke (c);
+  return 0;
+}
+
+/* The reply's errno E, as the caller reports it. */
+static int
+reply_error (struct nbdconn *c, const struct request *r, int e, int *err)
+{
+  if (e == 0)
+    return 0;
+  /* Tell a lost connection from an error the server returned:
+   * libnbd fails the commands it cut off with ENOTCONN (servers do
+   * not send it), and the handle may not look dead yet to this
+   * thread when the reader is still inside the state machine.
+   */
+  if (e == ENOTCONN ||
+      nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+    set_dead (c);
+  nbdkit_error ("%s: %s at offset %" PRIu64 ": %s",
+                c->what, r->name, r->offset, strerror (e));
+  /* libnbd fails commands cut off by a lost connection with
+   * ENOTCONN; to nbdkit's clients that is an I/O error.
+   */
+  *err = e == ENOTCONN ? EIO : e;
+  return -1;
+}
+
+/* Send a command and wait for its reply.  The command lives on this
+ * stack frame: the callback posts the semaphore as its last access.
+ */
+static int
+run (struct nbdconn *c, const struct request *r, int *err)
+{
+  struct cmd cmd = { .c = c, .state = CMD_WAITING };
+  int e;
+
+  sem_init (&cmd.done, 0, 0);
+  if (send_cmd (c, r, &cmd, err) == -1) {
+    sem_destroy (&cmd.done);
+    return -1;
+  }
+  while (sem_wait (&cmd.done) == -1 && errno == EINTR)
+    ;
+  e = cmd.err;
+  sem_destroy (&cmd.done);
+  return reply_error (c, r, e, err);
+}
+
+/* Send a command and wait for its reply until DEADLINE.  OWNED_BUF
+ * is freed with the command, by us or, if we give up first, by the
+ * callback.
+ */
+static int
+run_deadline (struct nbdconn *c, const struct request *r, void *owned_buf,
+              const struct timespec *deadline, int *err)
 {
   struct cmd *cmd;
   int e;
@@ -411,81 +516,32 @@ run (struct nbdconn *c, const struct request *r, void *owned_buf,
   }
   cmd->c = c;
   cmd->owned_buf = owned_buf;
-  pthread_cond_init (&cmd->cond, NULL);
-
-  /* Count the command as in flight before queuing it: its completion
-   * may run before the nbd_aio_* call returns.
-   */
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-    if (c->dead) {
-      nbdkit_error ("%s: %s: connection is gone", c->what, r->name);
-      *err = EIO;
-      goto free_cmd;
-    }
-    c->inflight++;
-  }
-
-  if (queue (c, r, cmd) == -1) {
-    /* Never queued, so the callback will not run. */
-    e = nbd_get_errno ();
-    nbdkit_error ("%s: %s: %s", c->what, r->name, nbd_get_error ());
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-      if (--c->inflight == 0)
-        pthread_cond_broadcast (&c->idle_cond);
-    }
-    if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
-      set_dead (c);
-    /* A command refused by a dead or closed handle is an I/O error. */
-    *err = (e == 0 || e == EINVAL || e == ENOTCONN) ? EIO : e;
-    goto free_cmd;
-  }
-
-  if (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE)
-    poke (c);
-
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-    while (!cmd->done) {
-      if (deadline == NULL)
-        pthread_cond_wait (&cmd->cond, &c->lock);
-      else if (pthread_cond_clockwait (&cmd->cond, &c->lock,
-                                       CLOCK_MONOTONIC,
-                                       deadline) == ETIMEDOUT &&
-               !cmd->done) {
-        cmd->abandoned = true;  /* the callback frees it now */
-        nbdkit_error ("%s: %s: no reply before the deadline",
-                      c->what, r->name);
-        *err = ETIMEDOUT;
-        return -1;
-      }
-    }
-    e = cmd->err;
-  }
-  cmd_free (cmd);
-  if (e != 0) {
-    /* Tell a lost connection from an error the server returned:
-     * libnbd fails the commands it cut off with ENOTCONN (servers do
-     * not send it), and the handle may not look dead yet to this
-     * thread when the reader is still inside the state machine.
-     */
-    if (e == ENOTCONN ||
-        nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
-      set_dead (c);
-    nbdkit_error ("%s: %s at offset %" PRIu64 ": %s",
-                  c->what, r->name, r->offset, strerror (e));
-    /* libnbd fails commands cut off by a lost connection with
-     * ENOTCONN; to nbdkit's clients that is an I/O error.
-     */
-    *err = e == ENOTCONN ? EIO : e;
+  atomic_init (&cmd->state, CMD_WAITING);
+  sem_init (&cmd->done, 0, 0);
+  if (send_cmd (c, r, cmd, err) == -1) {
+    cmd_free (cmd);
     return -1;
   }
-  return 0;
 
- free_cmd:
+  while (sem_clockwait (&cmd->done, CLOCK_MONOTONIC, deadline) == -1) {
+    if (errno == EINTR)
+      continue;
+    assert (errno == ETIMEDOUT);
+    if (atomic_exchange (&cmd->state, CMD_ABANDONED) == CMD_WAITING) {
+      /* The callback frees it now. */
+      nbdkit_error ("%s: %s: no reply before the deadline",
+                    c->what, r->name);
+      *err = ETIMEDOUT;
+      return -1;
+    }
+    /* The reply came meanwhile: its post is on the way. */
+    while (sem_wait (&cmd->done) == -1 && errno == EINTR)
+      ;
+    break;
+  }
+  e = cmd->err;
   cmd_free (cmd);
-  return -1;
+  return reply_error (c, r, e, err);
 }
 
 /* Reads and writes larger than the server takes go in pieces, one
@@ -504,7 +560,7 @@ nbdconn_pread (struct nbdconn *c, void *buf, uint32_t count,
     r.buf = buf;
     r.count = MIN (count, c->max_request);
     r.offset = offset;
-    if (run (c, &r, NULL, NULL, err) == -1)
+    if (run (c, &r, err) == -1)
       return -1;
     buf = (char *) buf + r.count;
     offset += r.count;
@@ -528,7 +584,7 @@ nbdconn_pwrite (struct nbdconn *c, const void *buf, uint32_t count,
     r.buf = (void *) buf;
     r.count = MIN (count, c->max_request);
     r.offset = offset;
-    if (run (c, &r, NULL, NULL, err) == -1)
+    if (run (c, &r, err) == -1)
       return -1;
     buf = (const char *) buf + r.count;
     offset += r.count;
@@ -545,7 +601,7 @@ nbdconn_pwrite_owned_deadline (struct nbdconn *c, void *buf,
 {
   struct request r = { .kind = CMD_WRITE, .name = "write", .buf = buf,
                        .count = count, .offset = offset, .flags = flags };
-  return run (c, &r, buf, deadline, err);
+  return run_deadline (c, &r, buf, deadline, err);
 }
 
 int
@@ -554,7 +610,7 @@ nbdconn_zero (struct nbdconn *c, uint32_t count, uint64_t offset,
 {
   struct request r = { .kind = CMD_ZERO, .name = "zero",
                        .count = count, .offset = offset, .flags = flags };
-  return run (c, &r, NULL, NULL, err);
+  return run (c, &r, err);
 }
 
 int
@@ -563,14 +619,14 @@ nbdconn_trim (struct nbdconn *c, uint32_t count, uint64_t offset,
 {
   struct request r = { .kind = CMD_TRIM, .name = "trim",
                        .count = count, .offset = offset, .flags = flags };
-  return run (c, &r, NULL, NULL, err);
+  return run (c, &r, err);
 }
 
 int
 nbdconn_flush (struct nbdconn *c, uint32_t flags, int *err)
 {
   struct request r = { .kind = CMD_FLUSH, .name = "flush", .flags = flags };
-  return run (c, &r, NULL, NULL, err);
+  return run (c, &r, err);
 }
 
 int
@@ -579,7 +635,7 @@ nbdconn_cache (struct nbdconn *c, uint32_t count, uint64_t offset,
 {
   struct request r = { .kind = CMD_CACHE, .name = "cache",
                        .count = count, .offset = offset, .flags = flags };
-  return run (c, &r, NULL, NULL, err);
+  return run (c, &r, err);
 }
 
 /* Extent callback: copy base:allocation entries into nbdkit's list.
@@ -612,20 +668,21 @@ nbdconn_extents (struct nbdconn *c, uint32_t count, uint64_t offset,
   struct request r = { .kind = CMD_BLOCK_STATUS, .name = "block status",
                        .count = count, .offset = offset, .flags = flags,
                        .extents = extents };
-  return run (c, &r, NULL, NULL, err);
+  return run (c, &r, err);
 }
 
 void
 nbdconn_wait_idle (struct nbdconn *c)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-  while (c->inflight > 0 && !c->dead)
+  atomic_fetch_add (&c->idle_waiters, 1);
+  while (atomic_load (&c->inflight) > 0 && !atomic_load (&c->dead))
     pthread_cond_wait (&c->idle_cond, &c->lock);
+  atomic_fetch_sub (&c->idle_waiters, 1);
 }
 
 int
 nbdconn_is_dead (struct nbdconn *c)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
-  return c->dead;
+  return atomic_load (&c->dead);
 }

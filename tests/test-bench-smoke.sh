@@ -33,9 +33,11 @@ table="$results/table.md"
 cat "$table"
 
 # The table and the goals are there, with the contenders that always run.
-grep -q '^| workload | direct | ours, no snapshot | ours, snapshot' "$table"
+grep -q '^| workload | direct | nbdkit nbd plugin | ours, no snapshot | ours, snapshot' "$table"
 grep -q '^| 64K random writes, pass 1 (MiB/s) |' "$table"
 grep -q '^| goal (median of per-run ratios) | value |' "$table"
+grep -q '^| workload | contender | client | hop | live | store |' "$table"
+grep -q '^| 4K write | nbdkit nbd plugin | ' "$table"
 grep -q 'first write 64K: ours-snap p1 / qemu-snap p1' "$table"
 grep -q 'RSS at 1 TiB, no ramcache: nbdkit (MiB)' "$table"
 

@@ -62,9 +62,14 @@
  * later do not delay it.
  *
  * When to write back.  The writers start when more than high_water
- * blocks (7/8 of the tier) are dirty, when somebody waits for room,
- * or when somebody flushes; data therefore stays in RAM as long as
- * there is room, which gives a trim the best chance of dropping it
+ * blocks (7/8 of the tier) are dirty, and then go on until no more
+ * than low_water (1/16 of the tier less) are ("draining"), so that
+ * they wake once per batch rather than once per new dirty block;
+ * also when somebody waits for room, or when somebody flushes.  Only
+ * one idle writer is woken at a time, and a writer that takes a job
+ * wakes the next one if there is more to do: the number of writers
+ * at work follows the work, and a new dirty block never wakes the
+ * whole pool.  Data therefore stays in RAM as long as there is room, which gives a trim the best chance of dropping it
  * before it ever reaches below (cbw: clusters the backup read and
  * released while still in RAM).  A write that needs a new block when
  * the tier is full evicts the least recently used CLEAN block; if
@@ -186,6 +191,7 @@ struct ramcache {
   struct ramcache_below below;
   uint64_t max_blocks;          /* blocks the tier may hold */
   uint64_t high_water;          /* dirty blocks that start writers */
+  uint64_t low_water;           /* ... and where they stop */
   uint32_t wb_max_blocks;       /* most blocks in one write below */
   unsigned nr_writers;
   uint64_t nbuckets;            /* power of 2 */
@@ -213,6 +219,9 @@ struct ramcache {
   void *free_bufs;              /* free data buffers, linked through
                                  * their first bytes */
   uint64_t next_seq;            /* next sequence number, from 1 */
+  bool draining;                /* past high_water, not yet low_water */
+  unsigned idle_writers;        /* writers waiting on writer_cond */
+  unsigned waking;              /* of those, signalled, not yet up */
   unsigned stalled;             /* callers waiting for room */
   unsigned flushers;            /* callers in ramcache_flush */
   uint64_t wb_failures;         /* failed writes below, ever */
@@ -335,12 +344,21 @@ block_len (const struct ramcache *rc, uint64_t blknum)
   return MIN ((uint64_t) rc->block_size, rc->disk_size - start);
 }
 
-/* Wake the writers if there is a reason to write back. */
+static bool want_writeback (struct ramcache *rc);
+
+/* Wake one idle writer if there is a reason to write back and no
+ * writer is on its way up already.
+ */
 static void
 kick_writers (struct ramcache *rc)
 {
-  if (rc->dirty.n > rc->high_water || rc->stalled || rc->flushers)
-    pthread_cond_broadcast (&rc->writer_cond);
+  if (rc->dirty.n > rc->high_water)
+    rc->draining = true;
+  if (rc->idle_writers > rc->waking && rc->waking == 0 &&
+      want_writeback (rc)) {
+    rc->waking++;
+    pthread_cond_signal (&rc->writer_cond);
+  }
 }
 
 /* Block B (new, FILLING or CLEAN and off every list) becomes DIRTY. */
@@ -381,13 +399,15 @@ in_retry_delay (struct ramcache *rc)
      now.tv_nsec < rc->retry_at.tv_nsec);
 }
 
-/* Is write-back wanted now? */
+/* Is write-back wanted now?  Ends draining at low_water. */
 static bool
 want_writeback (struct ramcache *rc)
 {
+  if (rc->draining && rc->dirty.n <= rc->low_water)
+    rc->draining = false;
   if (rc->dirty.n == 0 || rc->stopping || in_retry_delay (rc))
     return false;
-  return rc->dirty.n > rc->high_water || rc->stalled || rc->flushers;
+  return rc->draining || rc->stalled || rc->flushers;
 }
 
 /* Write back the oldest dirty block and its dirty neighbours, using
@@ -427,6 +447,9 @@ run_job (struct ramcache *rc, struct writer *w)
   }
   w->nr_blocks = hi - lo + 1;
   offset = lo * rc->block_size;
+  /* More to do: the next writer takes it while this one writes. */
+  if (rc->started)
+    kick_writers (rc);
 
   pthread_mutex_unlock (&rc->lock);
   r = rc->below.pwrite (rc->below.opaque, w->buf, count, offset, &err);
@@ -694,12 +717,21 @@ writer_thread (void *vp)
       run_job (rc, w);
       w->busy = false;
     }
-    else if (in_retry_delay (rc))
-      /* Look again when the delay ends. */
-      pthread_cond_clockwait (&rc->writer_cond, &rc->lock, CLOCK_MONOTONIC,
-                              &rc->retry_at);
-    else
-      pthread_cond_wait (&rc->writer_cond, &rc->lock);
+    else {
+      rc->idle_writers++;
+      if (in_retry_delay (rc))
+        /* Look again when the delay ends. */
+        pthread_cond_clockwait (&rc->writer_cond, &rc->lock,
+                                CLOCK_MONOTONIC, &rc->retry_at);
+      else
+        pthread_cond_wait (&rc->writer_cond, &rc->lock);
+      rc->idle_writers--;
+      /* Whoever woke (signalled or not) is up: the next kick may
+       * signal again.
+       */
+      if (rc->waking > 0)
+        rc->waking--;
+    }
   }
   return NULL;
 }
@@ -762,6 +794,9 @@ ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
     rc->max_blocks = 1;
   }
   rc->high_water = rc->max_blocks - MAX ((uint64_t) 1, rc->max_blocks / 8);
+  rc->low_water = rc->high_water - MIN (rc->high_water,
+                                        MAX ((uint64_t) 1,
+                                             rc->max_blocks / 16));
   rc->nbuckets = 64;
   while (rc->nbuckets < rc->max_blocks)
     rc->nbuckets <<= 1;

@@ -68,17 +68,33 @@ static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- The engine's view of the layer below. ---- */
 
+/* Before every call below: serialize it unless the server runs the
+ * PARALLEL thread model.
+ */
+static void
+below_enter (void)
+{
+  if (!below_parallel)
+    pthread_mutex_lock (&below_lock);
+}
+
+/* After every call below. */
+static void
+below_leave (void)
+{
+  if (!below_parallel)
+    pthread_mutex_unlock (&below_lock);
+}
+
 static int
 below_pread (void *opaque, void *buf, uint32_t count, uint64_t offset,
              int *err)
 {
   int r;
 
-  if (below_parallel)
-    return below_next->pread (below_next, buf, count, offset, 0, err);
-  pthread_mutex_lock (&below_lock);
+  below_enter ();
   r = below_next->pread (below_next, buf, count, offset, 0, err);
-  pthread_mutex_unlock (&below_lock);
+  below_leave ();
   return r;
 }
 
@@ -88,11 +104,9 @@ below_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t offset,
 {
   int r;
 
-  if (below_parallel)
-    return below_next->pwrite (below_next, buf, count, offset, 0, err);
-  pthread_mutex_lock (&below_lock);
+  below_enter ();
   r = below_next->pwrite (below_next, buf, count, offset, 0, err);
-  pthread_mutex_unlock (&below_lock);
+  below_leave ();
   return r;
 }
 
@@ -103,11 +117,9 @@ below_trim (void *opaque, uint32_t count, uint64_t offset, int *err)
 
   if (!below_can_trim)
     return 0;                   /* trim is advisory */
-  if (below_parallel)
-    return below_next->trim (below_next, count, offset, 0, err);
-  pthread_mutex_lock (&below_lock);
+  below_enter ();
   r = below_next->trim (below_next, count, offset, 0, err);
-  pthread_mutex_unlock (&below_lock);
+  below_leave ();
   return r;
 }
 
@@ -118,11 +130,9 @@ below_flush (void *opaque, int *err)
 
   if (!below_can_flush)
     return 0;                   /* nothing more we can do */
-  if (below_parallel)
-    return below_next->flush (below_next, 0, err);
-  pthread_mutex_lock (&below_lock);
+  below_enter ();
   r = below_next->flush (below_next, 0, err);
-  pthread_mutex_unlock (&below_lock);
+  below_leave ();
   return r;
 }
 
