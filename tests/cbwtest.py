@@ -6,6 +6,7 @@
 
 import json
 import os
+import time
 
 import nbd
 
@@ -25,3 +26,14 @@ def status(uri=None):
     s = json.loads(h.pread(4096, 0))
     h.shutdown()
     return s
+
+
+def end_snapshot(sn, uri=None):
+    """Close SN, the last client of "snapshot", and wait until cbw has
+    ended the snapshot.  The server handles the close after shutdown()
+    returns, so a connection opened before then would join the old
+    point in time instead of taking a new one.
+    """
+    sn.shutdown()
+    while status(uri)["state"] != "none":
+        time.sleep(0.05)

@@ -25,7 +25,7 @@ export writer_uri snap_uri status_uri
 
 timeout 60 python3 - <<'PY'
 import os
-from cbwtest import conn, status
+from cbwtest import conn, end_snapshot, status
 
 C = 16 << 20
 far = (1 << 50) - C             # the last cluster of the disk
@@ -36,9 +36,9 @@ w.pwrite(b"\x22" * 512, far)    # preserves one cluster
 assert sn.pread(512, far) == b"\0" * 512
 st = status()
 assert st["generation"] == 1 and st["preserved_bytes"] == C, st
-sn.shutdown()                   # the last context: the snapshot ends
+end_snapshot(sn)                # the last context: the snapshot ends
 
-sn = conn(os.environ["snap_uri"])   # waits for the end, takes a PIT
+sn = conn(os.environ["snap_uri"])   # takes a new PIT
 assert sn.pread(512, far) == b"\x22" * 512
 st = status()
 assert st["generation"] == 2 and st["preserved_bytes"] == 0, st

@@ -37,7 +37,7 @@ run ()
     timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from cbwtest import conn, status
+from cbwtest import conn, end_snapshot, status
 
 C = 64 * 1024
 SIZE = 4 << 20
@@ -74,7 +74,7 @@ else:
     assert not s["broken"] and s["cbw_failures"] == 0, s
     assert sn.pread(SIZE, 0) == pit
     assert w.pread(300, 3 * C - 100) == b"\xee" * 300
-sn.shutdown()
+end_snapshot(sn)
 
 # The next snapshot works (once the old one is torn down).
 sn = conn(os.environ["snap_uri"])
