@@ -28,13 +28,14 @@
 
 #include <nbdkit-filter.h>
 
+#include "cbw-contract.h"
 #include "params.h"
 #include "rounding.h"
 #include "control.h"
 #include "dirty.h"
 #include "scope.h"
 
-#define SNAPSHOT_EXPORT "snapshot"
+#define SNAPSHOT_EXPORT CBW_SNAPSHOT_EXPORT
 
 /* bitmap-dir (absolute), or NULL: no dirty tracking. */
 static char *bitmap_dir;
@@ -108,21 +109,9 @@ bd_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   "bitmap-granularity=<SIZE>    Dirty tracking granule (default 64K).\n" \
   "bitmap-discard-on-read=<BOOL> Release what was read (default false)."
 
-/* The control socket is bound before nbdkit forks, so a bad path stops
- * nbdkit at startup.
- */
-static int
-bd_get_ready (int thread_model)
-{
-  bd_have_control = control_path != NULL;
-  if (control_path && control_listen (control_path) == -1)
-    return -1;
-  return 0;
-}
-
-/* Learn the disk size, load the bitmaps, start the control thread. */
-static int
-bd_after_fork (nbdkit_backend *backend)
+/* The size of the disk below, or -1 with an error logged. */
+static int64_t
+disk_size_below (nbdkit_backend *backend)
 {
   nbdkit_next *next;
   int64_t size;
@@ -139,12 +128,40 @@ bd_after_fork (nbdkit_backend *backend)
   size = next->get_size (next);
   next->finalize (next);
   nbdkit_next_context_close (next);
+  return size;
+}
+
+/* What can refuse the start without asking the layers below happens
+ * here, before nbdkit forks, so that a daemonised nbdkit exits non-zero
+ * with the message: the control socket is bound and the bitmap
+ * directory is loaded and checked.  (The layers below cannot be asked
+ * for the disk size before the fork: some sleep in their open, which
+ * nbdkit only supports once it serves.)
+ */
+static int
+bd_get_ready (int thread_model)
+{
+  bd_have_control = control_path != NULL;
+  if (bitmap_dir && dirty_open (bitmap_dir, bd_granularity) == -1)
+    return -1;
+  if (control_path && control_listen (control_path) == -1)
+    return -1;
+  return 0;
+}
+
+/* Learn the disk size, check the bitmaps against it, start the
+ * control thread.
+ */
+static int
+bd_after_fork (nbdkit_backend *backend)
+{
+  int64_t size = disk_size_below (backend);
+
   if (size == -1)
     return -1;
-
   if (scope_init (backend, size) == -1)
     return -1;
-  if (bitmap_dir && dirty_open (bitmap_dir, size, bd_granularity) == -1)
+  if (dirty_start (size) == -1)
     return -1;
   if (control_path && control_start () == -1)
     return -1;

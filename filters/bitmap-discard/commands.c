@@ -27,6 +27,7 @@
 
 #include "dirty.h"
 #include "gate.h"
+#include "map.h"
 #include "scope.h"
 #include "commands.h"
 
@@ -118,6 +119,35 @@ parse_seconds (const char *key, const char *s, double *secs,
   return 0;
 }
 
+/* Parse a byte offset or length: a decimal number. */
+static int
+parse_u64 (const char *key, const char *s, uint64_t *n,
+           char *err, size_t errlen)
+{
+  char *end;
+
+  errno = 0;
+  if (s[0] < '0' || s[0] > '9' ||
+      (*n = strtoull (s, &end, 10), errno != 0) || *end != '\0') {
+    snprintf (err, errlen, "%s=%s: expected a number of bytes", key, s);
+    return -1;
+  }
+  return 0;
+}
+
+/* The map of the snapshot. */
+static int
+cmd_map (const struct args *a, FILE *fp, char *err, size_t errlen)
+{
+  const char *o = arg (a, "offset"), *l = arg (a, "length");
+  uint64_t offset = 0, length = 0;
+
+  if ((o && parse_u64 ("offset", o, &offset, err, errlen) == -1) ||
+      (l && parse_u64 ("length", l, &length, err, errlen) == -1))
+    return -1;
+  return map_command (offset, l != NULL, length, fp, err, errlen);
+}
+
 /* Snapshot. */
 static int
 cmd_snapshot (const struct args *a, FILE *fp, char *err, size_t errlen)
@@ -162,11 +192,21 @@ cmd_thaw (const struct args *a, FILE *fp, char *err, size_t errlen)
   return 0;
 }
 
-/* Release. */
+/* Release: result=ok (the default) commits the pending checkpoint,
+ * result=failed drops it.
+ */
 static int
 cmd_release (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
-  return scope_release_snapshot (fp, err, errlen);
+  const char *result = arg (a, "result");
+
+  if (result && strcmp (result, "ok") != 0 &&
+      strcmp (result, "failed") != 0) {
+    snprintf (err, errlen, "result=%s: expected ok or failed", result);
+    return -1;
+  }
+  return scope_release_snapshot (!result || strcmp (result, "ok") == 0,
+                                 fp, err, errlen);
 }
 
 /* Status. */
@@ -219,7 +259,8 @@ static int cmd_help (const struct args *a, FILE *fp,
 static const struct command commands[] = {
   { "snapshot", "snapshot [since=NAME] [checkpoint=NAME] [freeze=ID]", 0,
     { "since", "checkpoint", "freeze", NULL }, cmd_snapshot },
-  { "release", "release", 0, { NULL }, cmd_release },
+  { "release", "release [result=ok|failed]", 0, { "result", NULL },
+    cmd_release },
   { "status", "status", 0, { NULL }, cmd_status },
   { "checkpoint", "checkpoint NAME", 1, { NULL }, cmd_checkpoint },
   { "checkpoints", "checkpoints", 0, { NULL }, cmd_checkpoints },
@@ -228,6 +269,8 @@ static const struct command commands[] = {
   { "freeze", "freeze timeout=SECONDS", 0, { "timeout", NULL },
     cmd_freeze },
   { "thaw", "thaw", 0, { NULL }, cmd_thaw },
+  { "map", "map [offset=N] [length=N]", 0, { "offset", "length", NULL },
+    cmd_map },
   { "help", "help", 0, { NULL }, cmd_help },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])

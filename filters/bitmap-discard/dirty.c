@@ -86,6 +86,11 @@
  *                finishes any "deleting" file (all steps idempotent);
  *                if X's child already names X's parent, only the
  *                unlink was missing.
+ *   pending:     a snapshot's checkpoint is created with state
+ *                "pending"; committing rewrites it as active (one
+ *                rename), dropping is the delete above.  Loading
+ *                drops any file still pending: its backup never
+ *                ended.
  *
  * Locking: 'lock' guards everything marked below.  The file is only
  * touched by the sync leader ('syncing' true, appending without the
@@ -112,6 +117,8 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+
+#include <signal.h>
 
 #include <pthread.h>
 
@@ -146,7 +153,10 @@
 #define REC_HEAD          16
 #define SHA_LEN           32
 
-enum { ST_ACTIVE = 1, ST_FROZEN = 2, ST_DELETING = 3 };
+/* ST_PENDING: the newest checkpoint, active, created by a snapshot
+ * whose backup has not ended yet (see dirty_checkpoint_settle).
+ */
+enum { ST_ACTIVE = 1, ST_FROZEN = 2, ST_DELETING = 3, ST_PENDING = 4 };
 
 struct ckpt {
   char name[CKPT_NAME_MAX + 1];
@@ -260,6 +270,36 @@ dirty_valid_name (const char *name, char *err, size_t errlen)
   return true;
 }
 
+/* Test hook (see docs/HACKING.md): with BITMAP_DISCARD_TEST_CRASH=
+ * OP:POINT in the environment, nbdkit kills itself with SIGKILL when
+ * operation OP (commit, drop) reaches POINT, as a crash there would.
+ * crash_op names the operation running, or is NULL.
+ */
+static const char *crash_op;
+static void
+crash_point (const char *point)
+{
+  const char *want = getenv ("BITMAP_DISCARD_TEST_CRASH");
+  char here[64];
+
+  if (want == NULL || crash_op == NULL)
+    return;
+  snprintf (here, sizeof here, "%s:%s", crash_op, point);
+  if (strcmp (want, here) == 0) {
+    nbdkit_debug ("bitmap-discard: test crash at %s", here);
+    kill (getpid (), SIGKILL);
+  }
+}
+
+/* Size the bitmaps for a disk of size bytes. */
+static void
+set_size (uint64_t size)
+{
+  disk_size = size;
+  nr_granules = (size + granularity - 1) / granularity;
+  bits_size = (nr_granules + 7) / 8;
+}
+
 /* Number of bytes of the disk covered by the set bits of bm. */
 static uint64_t
 bits_bytes (const struct bitmap *bm)
@@ -359,7 +399,15 @@ write_file (const struct ckpt *c, int *fdp)
     return -1;
   }
 
-  fd = open (tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  /* Never open what a crash or someone else left at tmp (it could be
+   * a FIFO or a symlink): remove it and create the file anew.
+   */
+  if (unlink (tmp) == -1 && errno != ENOENT) {
+    nbdkit_error ("bitmap-discard: unlink: %s: %m", tmp);
+    free (hdr);
+    return -1;
+  }
+  fd = open (tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd == -1) {
     nbdkit_error ("bitmap-discard: open: %s: %m", tmp);
     free (hdr);
@@ -375,12 +423,14 @@ write_file (const struct ckpt *c, int *fdp)
     return -1;
   }
   free (hdr);
+  crash_point ("written");
   if (rename (tmp, path) == -1) {
     nbdkit_error ("bitmap-discard: rename: %s: %m", path);
     close (fd);
     unlink (tmp);
     return -1;
   }
+  crash_point ("renamed");
   if (sync_dir () == -1) {
     close (fd);
     return -1;
@@ -407,7 +457,16 @@ compact_active (void)
   return 0;
 }
 
-/* Read a whole file. */
+#define WHAT_TO_DO \
+  " move the *.bitmap files out of bitmap-dir (the next backup must " \
+  "then be a full one, taken with \"snapshot checkpoint=NAME\") and " \
+  "start nbdkit again"
+#define UNTRUSTED "; it cannot be trusted:" WHAT_TO_DO
+
+/* Read a whole file.  Only a regular file is read: opening does not
+ * follow a symlink or wait for a FIFO's writer (O_NONBLOCK), so no
+ * stray special file in bitmap-dir can hang the start.
+ */
 static unsigned char *
 read_file (const char *path, size_t *len)
 {
@@ -416,10 +475,21 @@ read_file (const char *path, size_t *len)
   unsigned char *buf;
   size_t done = 0;
 
-  fd = open (path, O_RDONLY | O_CLOEXEC);
+  fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
   if (fd == -1 || fstat (fd, &st) == -1) {
-    nbdkit_error ("bitmap-discard: open: %s: %m", path);
+    if (errno == ELOOP)
+      nbdkit_error ("bitmap-discard: %s: is a symbolic link: bitmap files "
+                    "must be regular files;" WHAT_TO_DO, path);
+    else
+      nbdkit_error ("bitmap-discard: open: %s: %m", path);
     if (fd >= 0) close (fd);
+    return NULL;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    nbdkit_error ("bitmap-discard: %s: not a regular file (a FIFO, "
+                  "device, socket or directory): bitmap files must be "
+                  "regular files;" WHAT_TO_DO, path);
+    close (fd);
     return NULL;
   }
   buf = malloc (st.st_size + 1);
@@ -443,12 +513,6 @@ read_file (const char *path, size_t *len)
   *len = done;
   return buf;
 }
-
-#define WHAT_TO_DO \
-  " move the *.bitmap files out of bitmap-dir (the next backup must " \
-  "then be a full one, taken with \"snapshot checkpoint=NAME\") and " \
-  "start nbdkit again"
-#define UNTRUSTED "; it cannot be trusted:" WHAT_TO_DO
 
 /* Load and check one file into c.  fname is the file's name in dir. */
 static int
@@ -488,13 +552,17 @@ load_file (const char *fname, struct ckpt *c)
                   path, get32 (buf + HDR_VERSION), FORMAT_VERSION);
     return -1;
   }
+  /* The first file gives the disk size (dirty_start checks it against
+   * the disk); the others must agree.
+   */
   v = get64 (buf + HDR_DISK_SIZE);
-  if (v != disk_size) {
+  if (nr_ckpts == 0)
+    set_size (v);
+  else if (v != disk_size) {
     nbdkit_error ("bitmap-discard: %s: made for a disk of %" PRIu64
-                  " bytes, but this disk has %" PRIu64 " bytes: is "
-                  "bitmap-dir the right one for this disk?  If the disk "
-                  "was resized, the bitmaps are useless:" WHAT_TO_DO,
-                  path, v, disk_size);
+                  " bytes, but %s.bitmap for one of %" PRIu64 " bytes: "
+                  "the files come from different disks" UNTRUSTED,
+                  path, v, ckpts[0].name, disk_size);
     return -1;
   }
   if (get32 (buf + HDR_GRANULARITY) != granularity) {
@@ -521,7 +589,7 @@ load_file (const char *fname, struct ckpt *c)
       (c->parent[0] && !dirty_valid_name (c->parent, err, sizeof err)) ||
       strlen (fname) != strlen (c->name) + strlen (".bitmap") ||
       strncmp (fname, c->name, strlen (c->name)) != 0 ||
-      c->state < ST_ACTIVE || c->state > ST_DELETING) {
+      c->state < ST_ACTIVE || c->state > ST_PENDING) {
     nbdkit_error ("bitmap-discard: %s: bad name, parent or state in the "
                   "header (the file may have been renamed)" UNTRUSTED,
                   path);
@@ -629,6 +697,7 @@ unlink_ckpt (size_t i)
     nbdkit_error ("bitmap-discard: unlink: %s: %m", path);
     return -1;
   }
+  crash_point ("unlinked");
   if (sync_dir () == -1)
     return -1;
   bitmap_free (&ckpts[i].bits);
@@ -747,16 +816,12 @@ open_active (void)
 }
 
 int
-dirty_open (const char *d, uint64_t size, uint32_t gran)
+dirty_open (const char *d, uint32_t gran)
 {
   DIR *dp;
   struct dirent *de;
-  size_t i;
 
-  disk_size = size;
   granularity = gran;
-  nr_granules = (size + gran - 1) / gran;
-  bits_size = (nr_granules + 7) / 8;
   dir = strdup (d);
   if (dir == NULL) {
     nbdkit_error ("strdup: %m");
@@ -808,9 +873,31 @@ dirty_open (const char *d, uint64_t size, uint32_t gran)
     return -1;
   }
 
-  /* Finish interrupted deletes, then freeze any older file that a
-   * crash during checkpoint creation left active.
-   */
+  nbdkit_debug ("bitmap-discard: %s: %zu checkpoints", dir, nr_ckpts);
+  return 0;
+}
+
+/* Finish interrupted deletes, then freeze any older file that a crash
+ * during checkpoint creation left active, and open the newest file.
+ */
+static int
+recover_chain (void)
+{
+  size_t i;
+
+  /* A pending checkpoint whose backup never ended: drop it. */
+  for (i = 0; i < nr_ckpts; ++i)
+    if (ckpts[i].state == ST_PENDING) {
+      snprintf (warning, sizeof warning,
+                "checkpoint %s was pending when nbdkit stopped (its "
+                "backup never ended): dropped, its changes merged into "
+                "%s", ckpts[i].name,
+                ckpts[i].parent[0] ? ckpts[i].parent : "nothing");
+      nbdkit_debug ("bitmap-discard: %s", warning);
+      ckpts[i].state = ST_DELETING;
+      if (write_file (&ckpts[i], NULL) == -1)
+        return -1;
+    }
   for (i = 0; i < nr_ckpts; ) {
     if (ckpts[i].state == ST_DELETING) {
       nbdkit_debug ("bitmap-discard: finishing the deletion of "
@@ -829,8 +916,26 @@ dirty_open (const char *d, uint64_t size, uint32_t gran)
     }
   if (nr_ckpts > 0)
     ckpts[nr_ckpts-1].state = ST_ACTIVE;
-  nbdkit_debug ("bitmap-discard: %s: %zu checkpoints", dir, nr_ckpts);
   return open_active ();
+}
+
+int
+dirty_start (uint64_t size)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  if (dir == NULL)
+    return 0;
+  if (nr_ckpts > 0 && size != disk_size) {
+    nbdkit_error ("bitmap-discard: %s: the checkpoints were made for a "
+                  "disk of %" PRIu64 " bytes, but this disk has %" PRIu64
+                  " bytes: is bitmap-dir the right one for this disk?  "
+                  "If the disk was resized, the bitmaps are useless:"
+                  WHAT_TO_DO, dir, disk_size, size);
+    return -1;
+  }
+  if (nr_ckpts == 0)
+    set_size (size);
+  return recover_chain ();
 }
 
 void
@@ -1011,6 +1116,8 @@ dirty_get_stats (struct dirty_stats *st)
   st->nr_checkpoints = nr_ckpts;
   if (nr_ckpts > 0)
     st->active_dirty_bytes = bits_bytes (&requested);
+  if (nr_ckpts > 0 && ckpts[nr_ckpts-1].state == ST_PENDING)
+    strcpy (st->pending, ckpts[nr_ckpts-1].name);
   strcpy (st->warning, warning);
 }
 
@@ -1022,7 +1129,8 @@ dirty_checkpoint_exists (const char *name)
 }
 
 int
-dirty_checkpoint_create (const char *name, char *err, size_t errlen)
+dirty_checkpoint_create (const char *name, bool is_pending,
+                         char *err, size_t errlen)
 {
   struct ckpt *p, *c;
   size_t n;
@@ -1038,6 +1146,11 @@ dirty_checkpoint_create (const char *name, char *err, size_t errlen)
     return -1;
   if (find_ckpt (name) >= 0) {
     seterr (err, errlen, "checkpoint %s already exists", name);
+    return -1;
+  }
+  if (nr_ckpts > 0 && ckpts[nr_ckpts-1].state == ST_PENDING) {
+    seterr (err, errlen, "checkpoint %s is pending until its backup "
+            "ends (\"release\")", ckpts[nr_ckpts-1].name);
     return -1;
   }
   if (failed) {
@@ -1060,7 +1173,7 @@ dirty_checkpoint_create (const char *name, char *err, size_t errlen)
   strcpy (c->name, name);
   strcpy (c->parent, n > 0 ? ckpts[n-1].name : "");
   c->created = time (NULL);
-  c->state = ST_ACTIVE;
+  c->state = is_pending ? ST_PENDING : ST_ACTIVE;
   if (bitmap_init (&c->bits, 1, nr_granules) == -1) {
     seterr (err, errlen, "out of memory");
     return -1;
@@ -1110,6 +1223,11 @@ dirty_checkpoint_delete (const char *name, char *err, size_t errlen)
   i = find_ckpt (name);
   if (i < 0) {
     seterr (err, errlen, "no checkpoint named %s", name);
+    return -1;
+  }
+  if (ckpts[i].state == ST_PENDING) {
+    seterr (err, errlen, "checkpoint %s is pending until its backup "
+            "ends: \"release result=failed\" drops it", name);
     return -1;
   }
   if (failed) {
@@ -1194,9 +1312,89 @@ dirty_list_json (FILE *fp)
              ",\"state\":\"%s\",\"dirty_bytes\":%" PRIu64
              ",\"changed_since_bytes\":%" PRIu64 "}",
              i ? "," : "", ckpts[i].name, ckpts[i].parent, ckpts[i].created,
-             i == nr_ckpts - 1 ? "active" : "frozen",
+             ckpts[i].state == ST_PENDING ? "pending"
+             : i == nr_ckpts - 1 ? "active" : "frozen",
              bits_bytes (&ckpts[i].bits), u.bits ? bits_bytes (&u) : 0);
   }
   fputc (']', fp);
   bitmap_free (&u);
+}
+
+/* Drop the pending checkpoint, the newest (lock held, no leader): the
+ * steps of a delete.  Writers may be waiting in dirty_mark meanwhile:
+ * their queued granules go to the parent's file, which becomes the
+ * active one, and 'requested' keeps them.
+ */
+static int
+drop_pending_locked (char *err, size_t errlen)
+{
+  size_t i = nr_ckpts - 1;
+  struct bitmap keep;
+
+  if (bitmap_init (&keep, 1, nr_granules) == -1) {
+    seterr (err, errlen, "out of memory");
+    return -1;
+  }
+  memcpy (keep.bits, requested.bits, bits_size);
+  if (active_fd >= 0) {
+    close (active_fd);
+    active_fd = -1;
+  }
+  ckpts[i].state = ST_DELETING;
+  if (write_file (&ckpts[i], NULL) == -1 ||
+      (crash_point ("marked"), finish_delete (i) == -1) ||
+      open_active () == -1) {
+    failed = true;
+    bitmap_free (&keep);
+    seterr (err, errlen, "cannot update the bitmap files (see the nbdkit "
+            "log); writes now fail: restart nbdkit to finish the drop");
+    return -1;
+  }
+  bits_or (&requested, &keep);
+  bitmap_free (&keep);
+  return 0;
+}
+
+int
+dirty_checkpoint_settle (bool commit, char *name, char *err, size_t errlen)
+{
+  struct ckpt *c;
+  int r;
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  name[0] = '\0';
+  if (dir == NULL || nr_ckpts == 0 ||
+      ckpts[nr_ckpts-1].state != ST_PENDING)
+    return 0;
+  c = &ckpts[nr_ckpts-1];
+  strcpy (name, c->name);
+  if (failed) {
+    seterr (err, errlen, "dirty tracking failed earlier (see the nbdkit "
+            "log): checkpoint %s stays pending; the next start drops it",
+            c->name);
+    return -1;
+  }
+  /* The file is only touched without the lock by a sync leader. */
+  while (syncing)
+    pthread_cond_wait (&cond, &lock);
+  crash_op = commit ? "commit" : "drop";
+  crash_point ("start");
+  if (commit) {
+    c->state = ST_ACTIVE;
+    r = compact_active ();
+    if (r == -1) {
+      /* The file on disk still says pending: so does memory. */
+      c->state = ST_PENDING;
+      seterr (err, errlen, "cannot write the bitmap file of %s (see the "
+              "nbdkit log): it stays pending", c->name);
+    }
+  }
+  else
+    r = drop_pending_locked (err, errlen);
+  crash_point ("done");
+  crash_op = NULL;
+  if (r == 0)
+    nbdkit_debug ("bitmap-discard: %s checkpoint %s",
+                  commit ? "committed" : "dropped", name);
+  return r;
 }

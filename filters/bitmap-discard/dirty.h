@@ -20,13 +20,18 @@
 extern bool dirty_valid_name (const char *name, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
 
-/* Load (or start) the bitmaps in dir for a disk of disk_size bytes
- * tracked in granules of granularity bytes.  Any file that fails its
- * checks makes this fail with an error saying what to do.
+/* Load (or start) the bitmaps in dir, tracked in granules of
+ * granularity bytes.  Any file that fails its checks makes this fail
+ * with an error saying what to do.  It reads nothing but the
+ * directory, so it runs before nbdkit forks.
  */
-extern int dirty_open (const char *dir, uint64_t disk_size,
-                       uint32_t granularity)
+extern int dirty_open (const char *dir, uint32_t granularity)
   __attribute__ ((__nonnull__ (1)));
+
+/* Check the loaded bitmaps against the disk (of size bytes) once the
+ * layers below can be asked.
+ */
+extern int dirty_start (uint64_t size);
 
 /* Write the active bitmap compactly and release everything. */
 extern void dirty_close (void);
@@ -49,6 +54,7 @@ struct dirty_stats {
   uint64_t active_dirty_bytes;  /* changed since the newest checkpoint */
   unsigned nr_checkpoints;
   char warning[256];            /* "" or a note from loading */
+  char pending[CKPT_NAME_MAX + 1]; /* "" or the pending checkpoint */
 };
 extern void dirty_get_stats (struct dirty_stats *st)
   __attribute__ ((__nonnull__ (1)));
@@ -67,10 +73,12 @@ extern bool dirty_checkpoint_exists (const char *name)
 
 /* Create checkpoint name: the changes so far are frozen under the
  * previous newest checkpoint, and tracking starts anew under name.
+ * A pending checkpoint (made by a snapshot) lasts until
+ * dirty_checkpoint_settle; no other can be created meanwhile.
  */
-extern int dirty_checkpoint_create (const char *name, char *err,
-                                    size_t errlen)
-  __attribute__ ((__nonnull__ (1, 2)));
+extern int dirty_checkpoint_create (const char *name, bool pending,
+                                    char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (1, 3)));
 
 /* Delete checkpoint name, merging its changes into its predecessor. */
 extern int dirty_checkpoint_delete (const char *name, char *err,
@@ -83,6 +91,15 @@ extern int dirty_checkpoint_delete (const char *name, char *err,
 extern int dirty_union_since (const char *name, struct bitmap *scope,
                               char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2, 3)));
+
+/* End the pending checkpoint, if any, whose name goes into name
+ * (CKPT_NAME_MAX + 1 bytes; "" if none): commit it, or drop it by
+ * merging its changes into its parent, so that an incremental since
+ * the parent still covers everything.  Writes may flow meanwhile.
+ */
+extern int dirty_checkpoint_settle (bool commit, char *name,
+                                    char *err, size_t errlen)
+  __attribute__ ((__nonnull__ (2, 3)));
 
 /* Print the checkpoints as a JSON array. */
 extern void dirty_list_json (FILE *fp)
