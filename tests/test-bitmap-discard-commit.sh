@@ -4,8 +4,9 @@
 # that fails (release result=failed), whose snapshot broke, or whose
 # nbdkit was killed before the release, leaves no checkpoint behind,
 # and its changes stay in its parent's.  kill -9 at every step of a
-# commit and of a drop (the BITMAP_DISCARD_TEST_CRASH hook) leaves
-# either outcome, never a hole.  After each, the next incremental,
+# commit and of a drop, also of the drop a start does (the
+# BITMAP_DISCARD_TEST_CRASH hook), leaves either outcome, never a
+# hole.  After each, the next incremental,
 # restored with qemu-img over the previous backups, equals the disk
 # byte for byte at its point in time.
 # SPDX-License-Identifier: BSD-3-Clause
@@ -115,6 +116,11 @@ last=c0
 ctl_ok "$d/ctl" "status"
 test "$(json_get pending_checkpoint)" = None
 ctl_err "$d/ctl" "release result=maybe"
+# A snapshot without a checkpoint has nothing to commit.
+ctl_ok "$d/ctl" "snapshot since=c0"
+ctl_ok "$d/ctl" "release"
+test "$(json_get checkpoint)" = None
+test "$(json_get committed)" = False
 
 # A failed backup.
 begin
@@ -174,6 +180,24 @@ for point in start written renamed marked unlinked done; do
     done
     ! pid_alive "$(cat "$d/bd.pid")"
     crash_nbdkit "$d/bd.pid" 2>/dev/null || :
+    restart_stack
+    gone
+    good
+done
+
+# kill -9 at every step of the drop that a start does.
+for point in written renamed marked unlinked; do
+    begin
+    crash_nbdkit "$d/bd.pid"
+    rm -f "$d/bd.pid" "$d/sock" "$d/ctl"
+    r=0
+    BITMAP_DISCARD_TEST_CRASH="recover:$point" \
+    timeout -k 5 "$startup_timeout" nbdkit -f -U "$d/sock" \
+        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
+        "$FLEECE_PLUGIN" live="nbd+unix:///?socket=$d/live.sock" \
+        cbw-store="nbd+unix:///?socket=$d/store.sock" \
+        bitmap-dir="$d/bm" bitmap-control="$d/ctl" || r=$?
+    test "$r" -eq 137           # SIGKILL
     restart_stack
     gone
     good

@@ -116,7 +116,7 @@ must_refuse "made for a disk of 33554432 bytes, but this disk has 16777216" \
     small
 kill_pid "$(cat "$d/small.pid")"
 # Another granularity.
-must_refuse "written with bitmap-granularity=65536" bitmap-granularity=128K
+must_refuse "written with bitmap-discard-granularity=65536" bitmap-granularity=128K
 # A missing link in the chain.
 rm "$d/bm/c1.bitmap"
 must_refuse "do not form one chain"

@@ -10,7 +10,7 @@
  *                 the current backup (scope.c);
  *   "cbw-status"  passed through.
  *
- * Control commands arrive on bitmap-control (control.c).  This file
+ * Control commands arrive on bitmap-discard-control (control.c).  This file
  * holds the nbdkit callbacks only.
  */
 
@@ -37,10 +37,15 @@
 
 #define SNAPSHOT_EXPORT CBW_SNAPSHOT_EXPORT
 
-/* bitmap-dir (absolute), or NULL: no dirty tracking. */
+/* bitmap-discard-dir (absolute), or NULL: no dirty tracking. */
 static char *bitmap_dir;
 
-/* bitmap-control (absolute), or NULL: no control socket. */
+/* bitmap-discard-disk-id, or "": recorded in and checked against the
+ * bitmap files.
+ */
+static char disk_id[DISK_ID_MAX + 1];
+
+/* bitmap-discard-control (absolute), or NULL: no control socket. */
 static char *control_path;
 
 /* What a connection is looking at. */
@@ -70,43 +75,82 @@ bd_unload (void)
   free (control_path);
 }
 
+/* Is key the parameter name, or its old spelling (accepted for one
+ * release, see the man page)?
+ */
+static bool
+is_key (const char *key, const char *name, const char *old)
+{
+  return strcmp (key, name) == 0 || (old && strcmp (key, old) == 0);
+}
+
+/* bitmap-discard-disk-id: 1 to DISK_ID_MAX printable ASCII characters
+ * other than space, '"' and '\\'.
+ */
+static int
+config_disk_id (const char *key, const char *value)
+{
+  size_t i, len = strlen (value);
+
+  for (i = 0; i < len; ++i)
+    if (value[i] <= ' ' || value[i] > '~' || value[i] == '"' ||
+        value[i] == '\\')
+      break;
+  if (len == 0 || len > DISK_ID_MAX || i < len) {
+    nbdkit_error ("bitmap-discard: %s: must have 1 to %d printable "
+                  "characters, without spaces, '\"' or '\\'",
+                  key, DISK_ID_MAX);
+    return -1;
+  }
+  strcpy (disk_id, value);
+  return 0;
+}
+
+static int
+config_granularity (const char *key, const char *value)
+{
+  int64_t n;
+
+  if (param_size ("bitmap-discard", key, value, &n) == -1)
+    return -1;
+  if (n < 4096 || n > (INT64_C (1) << 30) || !is_power_of_2 (n)) {
+    nbdkit_error ("bitmap-discard: %s=%s: must be a power of 2 between "
+                  "4K and 1G", key, value);
+    return -1;
+  }
+  bd_granularity = n;
+  return 0;
+}
+
 static int
 bd_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
            const char *key, const char *value)
 {
-  if (strcmp (key, "bitmap-dir") == 0) {
+  if (is_key (key, "bitmap-discard-dir", "bitmap-dir")) {
     free (bitmap_dir);
     bitmap_dir = nbdkit_absolute_path (value);
     return bitmap_dir ? 0 : -1;
   }
-  if (strcmp (key, "bitmap-control") == 0) {
+  if (is_key (key, "bitmap-discard-control", "bitmap-control")) {
     free (control_path);
     control_path = nbdkit_absolute_path (value);
     return control_path ? 0 : -1;
   }
-  if (strcmp (key, "bitmap-granularity") == 0) {
-    int64_t n;
-
-    if (param_size ("bitmap-discard", key, value, &n) == -1)
-      return -1;
-    if (n < 4096 || n > (INT64_C (1) << 30) || !is_power_of_2 (n)) {
-      nbdkit_error ("bitmap-discard: bitmap-granularity=%s: must be a "
-                    "power of 2 between 4K and 1G", value);
-      return -1;
-    }
-    bd_granularity = n;
-    return 0;
-  }
-  if (strcmp (key, "bitmap-discard-on-read") == 0) {
+  if (is_key (key, "bitmap-discard-granularity",
+              "bitmap-granularity"))
+    return config_granularity (key, value);
+  if (is_key (key, "bitmap-discard-disk-id", NULL))
+    return config_disk_id (key, value);
+  if (is_key (key, "bitmap-discard-on-read", NULL))
     return param_bool ("bitmap-discard", key, value, &bd_discard_on_read);
-  }
   return next (nxdata, key, value);
 }
 
 #define bd_config_help \
-  "bitmap-dir=<DIR>             Persistent dirty bitmaps (checkpoints).\n" \
-  "bitmap-control=<SOCKET>      Control socket (snapshot, release...).\n" \
-  "bitmap-granularity=<SIZE>    Dirty tracking granule (default 64K).\n" \
+  "bitmap-discard-dir=<DIR>     Persistent dirty bitmaps (checkpoints).\n" \
+  "bitmap-discard-control=<SOCKET> Control socket (snapshot, release...).\n" \
+  "bitmap-discard-granularity=<SIZE> Dirty tracking granule (default 64K).\n" \
+  "bitmap-discard-disk-id=<ID>  The disk's name, kept in the bitmaps.\n" \
   "bitmap-discard-on-read=<BOOL> Release what was read (default false)."
 
 /* The size of the disk below, or -1 with an error logged. */
@@ -142,7 +186,7 @@ static int
 bd_get_ready (int thread_model)
 {
   bd_have_control = control_path != NULL;
-  if (bitmap_dir && dirty_open (bitmap_dir, bd_granularity) == -1)
+  if (bitmap_dir && dirty_open (bitmap_dir, bd_granularity, disk_id) == -1)
     return -1;
   if (control_path && control_listen (control_path) == -1)
     return -1;

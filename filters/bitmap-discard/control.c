@@ -79,7 +79,8 @@ control_listen (const char *path)
   struct stat st;
 
   if (strlen (path) >= sizeof addr.sun_path) {
-    nbdkit_error ("bitmap-discard: bitmap-control=%s: path too long", path);
+    nbdkit_error ("bitmap-discard: bitmap-discard-control=%s: path too "
+                  "long", path);
     return -1;
   }
   strcpy (addr.sun_path, path);
@@ -90,15 +91,16 @@ control_listen (const char *path)
   if (lstat (path, &st) == 0) {
     int fd;
     if (!S_ISSOCK (st.st_mode)) {
-      nbdkit_error ("bitmap-discard: bitmap-control=%s exists and is not a "
-                    "socket: remove it or choose another path", path);
+      nbdkit_error ("bitmap-discard: bitmap-discard-control=%s exists "
+                    "and is not a socket: remove it or choose another "
+                    "path", path);
       return -1;
     }
     fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd >= 0 && connect (fd, (struct sockaddr *) &addr, sizeof addr) == 0) {
       close (fd);
-      nbdkit_error ("bitmap-discard: bitmap-control=%s: another process "
-                    "is serving this socket", path);
+      nbdkit_error ("bitmap-discard: bitmap-discard-control=%s: another "
+                    "process is serving this socket", path);
       return -1;
     }
     if (fd >= 0)

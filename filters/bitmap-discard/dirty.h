@@ -14,6 +14,9 @@
 /* Longest checkpoint name (bytes, without the terminating NUL). */
 #define CKPT_NAME_MAX 63
 
+/* Longest bitmap-discard-disk-id (bytes, without the NUL). */
+#define DISK_ID_MAX 63
+
 /* Check a checkpoint name: 1-63 of [A-Za-z0-9._-], not starting with
  * '.' or '-'.  Returns false and writes why into err if it is bad.
  */
@@ -21,12 +24,14 @@ extern bool dirty_valid_name (const char *name, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
 
 /* Load (or start) the bitmaps in dir, tracked in granules of
- * granularity bytes.  Any file that fails its checks makes this fail
- * with an error saying what to do.  It reads nothing but the
- * directory, so it runs before nbdkit forks.
+ * granularity bytes, for the disk named disk_id ("" if none was
+ * given).  Any file that fails its checks makes this fail with an
+ * error saying what to do.  It reads nothing but the directory, so
+ * it runs before nbdkit forks.
  */
-extern int dirty_open (const char *dir, uint32_t granularity)
-  __attribute__ ((__nonnull__ (1)));
+extern int dirty_open (const char *dir, uint32_t granularity,
+                       const char *disk_id)
+  __attribute__ ((__nonnull__ (1, 3)));
 
 /* Check the loaded bitmaps against the disk (of size bytes) once the
  * layers below can be asked.
@@ -46,7 +51,7 @@ extern int dirty_mark (uint64_t offset, uint64_t count, int *err)
 
 /* Statistics for status and benchmarks. */
 struct dirty_stats {
-  bool enabled;                 /* bitmap-dir given */
+  bool enabled;                 /* bitmap-discard-dir given */
   bool tracking;                /* there is a checkpoint to track into */
   bool failed;                  /* a sync failed: writes fail with EIO */
   uint64_t syncs;               /* durable appends (fdatasync calls) */
@@ -92,12 +97,13 @@ extern int dirty_union_since (const char *name, struct bitmap *scope,
                               char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2, 3)));
 
-/* End the pending checkpoint, if any, whose name goes into name
- * (CKPT_NAME_MAX + 1 bytes; "" if none): commit it, or drop it by
- * merging its changes into its parent, so that an incremental since
- * the parent still covers everything.  Writes may flow meanwhile.
+/* End the pending checkpoint name: commit it, or drop it by merging
+ * its changes into its parent, so that an incremental since the parent
+ * still covers everything.  Writes may flow meanwhile.  Fails if name
+ * is not the pending checkpoint, or the files cannot be changed (it
+ * then stays pending: the next start drops it).
  */
-extern int dirty_checkpoint_settle (bool commit, char *name,
+extern int dirty_checkpoint_settle (bool commit, const char *name,
                                     char *err, size_t errlen)
   __attribute__ ((__nonnull__ (2, 3)));
 

@@ -307,16 +307,32 @@ scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
   return release_range (next, offset, count, err);
 }
 
+/* Whole bytes of the scope bitmap are skipped at once: the map of a
+ * large disk has long runs, and clients' reads wait for this lock.
+ */
 uint64_t
 scope_run (uint64_t pos, uint64_t end, bool *in)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
   uint64_t g = pos / bd_granularity;
+  uint64_t last = MIN ((end + bd_granularity - 1) / bd_granularity,
+                       nr_granules);
+  uint8_t same;
 
-  *in = scope_valid && bitmap_get (&scope, g);
-  while (++g < nr_granules && g * bd_granularity < end &&
-         (scope_valid && bitmap_get (&scope, g)) == *in)
-    ;
+  if (!scope_valid) {
+    *in = false;
+    return end;
+  }
+  *in = bitmap_get (&scope, g);
+  same = *in ? 0xff : 0;
+  for (++g; g < last; ) {
+    if (g % 8 == 0 && g + 8 <= last && scope.bits[g / 8] == same)
+      g += 8;
+    else if (bitmap_get (&scope, g) == *in)
+      g++;
+    else
+      break;
+  }
   return MIN (g * bd_granularity, end);
 }
 
@@ -531,9 +547,10 @@ snapshot_check (const char *since, const char *checkpoint,
     return -1;
   }
   if (before->cluster_size == 0 || bd_granularity % before->cluster_size) {
-    snprintf (err, errlen, "bitmap-granularity=%" PRIu32 " is not a "
-              "multiple of cbw-cluster-size=%" PRIu64 ": restart nbdkit "
-              "with matching values", bd_granularity, before->cluster_size);
+    snprintf (err, errlen, "bitmap-discard-granularity=%" PRIu32
+              " is not a multiple of cbw-cluster-size=%" PRIu64 ": "
+              "restart nbdkit with matching values",
+              bd_granularity, before->cluster_size);
     return -1;
   }
   if (strcmp (before->state, "none") != 0) {
@@ -642,8 +659,8 @@ scope_snapshot (const char *since, const char *checkpoint,
     scope_valid = false;
   }
   if (made_checkpoint) {
-    char e2[256], name[CKPT_NAME_MAX + 1];
-    if (dirty_checkpoint_settle (false, name, e2, sizeof e2) == -1)
+    char e2[256];
+    if (dirty_checkpoint_settle (false, checkpoint, e2, sizeof e2) == -1)
       nbdkit_debug ("bitmap-discard: undoing checkpoint %s: %s",
                     checkpoint, e2);
   }
@@ -652,40 +669,44 @@ scope_snapshot (const char *since, const char *checkpoint,
   return -1;
 }
 
-/* The end of a backup decides its pending checkpoint: committed if
- * the backup says it succeeded and the snapshot did not break below,
- * otherwise dropped.  Print the decision into the reply.
+/* The end of a backup decides its pending checkpoint name ("" if the
+ * snapshot made none): committed if the backup says it succeeded and
+ * the snapshot did not break below, otherwise dropped.  Print the
+ * decision into the reply; a checkpoint that could be neither stays
+ * pending (the next start drops it) and the reply says why.
  */
-static int
-settle_checkpoint (bool ok, FILE *fp, char *err, size_t errlen)
+static void
+settle_checkpoint (bool ok, const char *name, FILE *fp)
 {
   struct cbw_status cs;
   const char *reason = NULL;
-  char name[CKPT_NAME_MAX + 1];
+  char err[256];
 
+  if (name[0] == '\0') {
+    fputs (",\"checkpoint\":null,\"committed\":false", fp);
+    return;
+  }
   if (!ok)
     reason = "the backup reported result=failed";
   else if (read_cbw_status (&cs) == -1)
     reason = "the state of the snapshot below could not be read";
   else if (strstr (cs.json, "\"broken\":true"))
     reason = "the snapshot broke below (see cbw in status)";
-  if (dirty_checkpoint_settle (reason == NULL, name, err, errlen) == -1)
-    return -1;
-  if (name[0] == '\0') {
-    fputs (",\"checkpoint\":null,\"committed\":false", fp);
-    return 0;
+  fprintf (fp, ",\"checkpoint\":\"%s\"", name);
+  if (dirty_checkpoint_settle (reason == NULL, name, err, sizeof err) == -1) {
+    fputs (",\"committed\":false,\"dropped_reason\":", fp);
+    json_string (fp, err);
+    return;
   }
-  fprintf (fp, ",\"checkpoint\":\"%s\",\"committed\":%s", name,
-           reason ? "false" : "true");
+  fprintf (fp, ",\"committed\":%s", reason ? "false" : "true");
   if (reason)
     fprintf (fp, ",\"dropped_reason\":\"%s\"", reason);
-  return 0;
 }
 
 int
 scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
 {
-  int r;
+  char name[CKPT_NAME_MAX + 1];
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -694,6 +715,7 @@ scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
       return -1;
     }
     state = SC_NONE;
+    strcpy (name, ckpt_name);
     fprintf (fp, ",\"clients\":%u", clients);
     /* A client that joined the snapshot but has not opened cbw's
      * "snapshot" below yet would, once the holder is gone, make cbw
@@ -705,9 +727,9 @@ scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
       pthread_cond_wait (&cond, &lock);
   }
   /* Decide while the holder still pins the snapshot below. */
-  r = settle_checkpoint (ok, fp, err, errlen);
+  settle_checkpoint (ok, name, fp);
   close_holder ();
-  return r;
+  return 0;
 }
 
 nbdkit_next *
