@@ -34,7 +34,7 @@
  * the link DOWN and tells the engine (snap_store_failed), which
  * breaks the current snapshot: its preserved data is gone.  From then
  * on store requests fail with EIO at once, without trying the dead
- * connection.  When no snapshot needs the store any more (store_wipe
+ * connection.  When no snapshot needs the store any more (its wipe
  * at the end of a snapshot, store_prepare before the next point in
  * time) a DOWN store is replaced: the RAM tier and the connection are
  * freed (the tier's data belonged to the lost store), the old image
@@ -42,11 +42,8 @@
  * (RESTARTING meanwhile).  If that fails, the link stays DOWN, the
  * new snapshot starts broken, and the next one tries again.
  *
- * Wiping: at the end of a snapshot the store is emptied by TRIM.
- * Trimming the whole disk costs one request per GiB (1 PiB: a million
- * requests, minutes), whatever was preserved; so the store remembers
- * which GiB chunks it wrote to since the last wipe ('touched') and
- * trims only those.
+ * Wiping: at the end of a snapshot the engine names the ranges it
+ * copied to (store_wipe_ranges), and only those are trimmed.
  *
  * The bound: with cbw-store-limit=SIZE, a write that would take the
  * bytes preserved for the current snapshot past SIZE is refused with
@@ -70,7 +67,6 @@
 #include <libnbd.h>
 #include <nbdkit-filter.h>
 
-#include "bitmap.h"
 #include "cleanup.h"
 #include "nbdconn.h"
 #include "params.h"
@@ -102,10 +98,10 @@ static uint32_t cluster_size;
 static struct nbdconn *conn;
 static struct ramcache *ram;
 
-/* The unit of 'touched', and the size of a wipe's TRIM requests:
- * NBD requests are at most 4 GiB - 1, and 1 GiB keeps alignment.
+/* The largest TRIM we send: NBD requests are at most 4 GiB - 1, and
+ * 1 GiB keeps alignment.
  */
-#define WIPE_CHUNK (UINT64_C (1) << 30)
+#define TRIM_PIECE (UINT64_C (1) << 30)
 
 /* The link to the store, as shown in status. */
 enum link_state { LINK_UP, LINK_DOWN, LINK_RESTARTING };
@@ -122,10 +118,6 @@ static char last_error[160];            /* "" if none */
 static uint64_t use_bytes;              /* preserved for this snapshot */
 static uint64_t peak_bytes;             /* most of it this snapshot */
 static bool warned_use;                 /* logged the 80 % line */
-/* A set bit: chunk i (bytes [i, i+1) * WIPE_CHUNK) was written to
- * since the last wipe.
- */
-static struct bitmap touched;
 
 /* Store request to a DOWN store: fail at once, quietly. */
 static bool
@@ -450,11 +442,6 @@ store_open (uint64_t size, uint32_t clsize)
 
   disk_size = size;
   cluster_size = clsize;
-  if (bitmap_init (&touched, 1,
-                   (size + WIPE_CHUNK - 1) / WIPE_CHUNK) == -1) {
-    nbdkit_error ("cbw: cannot allocate the store's chunk map: %m");
-    return -1;
-  }
   /* The first store is a condition of serving: nbdkit exits if it
    * cannot be made.
    */
@@ -500,7 +487,6 @@ renew (void)
   link_state = LINK_UP;
   restarts++;
   use_bytes = 0;
-  bitmap_fill (&touched, 0);
   nbdkit_debug ("cbw: fresh fleece store up (restart %" PRIu64 ")",
                 restarts);
   return 0;
@@ -537,7 +523,6 @@ store_close (void)
   if (!store_uri)
     qemu_store_remove (true);
   qemu_store_free ();
-  bitmap_free (&touched);
 }
 
 /* Read preserved data. */
@@ -587,34 +572,6 @@ use_more (uint32_t count, int *err)
   return -1;
 }
 
-/* Note that [offset, offset+count) of the store is written to. */
-static void
-touch (uint32_t count, uint64_t offset)
-{
-  uint64_t i;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  assert (count > 0);
-  for (i = offset / WIPE_CHUNK; i <= (offset + count - 1) / WIPE_CHUNK; ++i)
-    bitmap_set (&touched, i, 1);
-}
-
-/* Take the first touched chunk at or after *I off the map: returns
- * true and sets *I, or false if there is none.
- */
-static bool
-next_touched (uint64_t *i)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-
-  for (; *i < touched.nblocks; ++*i)
-    if (bitmap_get (&touched, *i)) {
-      bitmap_set (&touched, *i, 0);
-      return true;
-    }
-  return false;
-}
-
 /* Count COUNT bytes no longer preserved. */
 static void
 use_less (uint64_t count)
@@ -634,7 +591,6 @@ store_write_owned (void *buf, uint32_t count, uint64_t offset,
     free (buf);
     return -1;
   }
-  touch (count, offset);
   if (ram) {
     /* Into RAM; only a full tier makes this wait, and the deadline
      * bounds that wait.
@@ -670,7 +626,7 @@ static int
 trim_range (uint64_t count, uint64_t offset, int *err)
 {
   while (count > 0) {
-    uint32_t n = MIN (count, WIPE_CHUNK);
+    uint32_t n = MIN (count, TRIM_PIECE);
 
     if (ram) {
       if (ramcache_trim (ram, n, offset, err) == -1)
@@ -716,32 +672,11 @@ store_extents (uint32_t count, uint64_t offset,
   return 0;
 }
 
-/* Trim every touched chunk.  On failure the chunk stays touched, for
- * the next wipe.
- */
-static int
-wipe_touched (int *err)
-{
-  uint64_t i = 0, offset;
-
-  while (next_touched (&i)) {
-    offset = i * WIPE_CHUNK;
-    if (trim_range (MIN (WIPE_CHUNK, disk_size - offset), offset,
-                    err) == -1) {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      bitmap_set (&touched, i, 1);
-      return -1;
-    }
-    ++i;
-  }
-  return 0;
-}
-
-/* Empty the store at the end of a snapshot. */
+/* Empty the store at the end of a snapshot (see store.h). */
 int
-store_wipe (int *err)
+store_wipe_ranges (store_range_fn next_range, void *opaque, int *err)
 {
-  int r;
+  uint64_t offset, count;
 
   /* Writes abandoned at a deadline must not land after the wipe. */
   if (conn)
@@ -751,17 +686,22 @@ store_wipe (int *err)
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     use_bytes = 0;
   }
-  /* A lost store is not wiped but replaced, with its RAM tier. */
+  /* A lost store is not wiped but replaced (with its RAM tier) by an
+   * empty one; if that fails, store_prepare tries again.
+   */
   if (current_link () == LINK_DOWN) {
     renew ();
     return 0;
   }
-  r = wipe_touched (err);
-  if (r == -1 && current_link () == LINK_DOWN) {
-    renew ();
-    return 0;
+  while (next_range (opaque, &offset, &count)) {
+    if (trim_range (count, offset, err) == -1) {
+      if (current_link () != LINK_DOWN)
+        return -1;
+      renew ();
+      return 0;
+    }
   }
-  return r;
+  return 0;
 }
 
 /* NUL-terminated S as a JSON string (with quotes) into BUF of LEN. */
@@ -798,20 +738,6 @@ link_name (enum link_state st)
   case LINK_RESTARTING: return "restarting";
   }
   abort ();
-}
-
-/* Kept for a caller that lists the ranges it wrote: the store keeps
- * its own map of them (see "Wiping" above), so this is store_wipe;
- * the ranges are consumed and not needed.
- */
-int
-store_wipe_ranges (store_range_fn next_range, void *opaque, int *err)
-{
-  uint64_t offset, count;
-
-  while (next_range (opaque, &offset, &count))
-    ;
-  return store_wipe (err);
 }
 
 /* Status members (see store.h). */

@@ -44,9 +44,9 @@ extern int store_open (uint64_t size, uint32_t cluster_size);
 /* Disconnect (qemu-nbd exits) and remove the image unless kept. */
 extern void store_close (void);
 
-/* The engine's promise: store_prepare and store_wipe are called only
- * while no snapshot uses the store and no other store call is in
- * flight.  They may replace a lost store by a fresh one (see
+/* The engine's promise: store_prepare and store_wipe_ranges are
+ * called only while no snapshot uses the store and no other store
+ * call is in flight.  They may replace a lost store by a fresh one (see
  * "Losing the store" in store.c).
  */
 
@@ -70,7 +70,7 @@ extern int store_read (void *buf, uint32_t count, uint64_t offset, int *err)
  * it the call fails with ETIMEDOUT and the write completes, or not,
  * in the background.  Fails with ENOSPC, after snap_store_failed,
  * when it would pass cbw-store-limit.  Counts as preserved until
- * store_trim or store_wipe.
+ * store_trim or the wipe.
  */
 extern int store_write_owned (void *buf, uint32_t count, uint64_t offset,
                               const struct timespec *deadline, int *err)
@@ -87,18 +87,13 @@ extern int store_extents (uint32_t count, uint64_t offset,
                           struct nbdkit_extents *extents, int *err)
   __attribute__ ((__nonnull__ (3, 4)));
 
-/* Empty the whole store (a lost one is replaced instead), trimming
- * only the chunks written since the last wipe.  Waits
- * first for every store request still in flight (including writes
- * abandoned at a deadline), so that no stale write can land after the
- * wipe.
- */
-extern int store_wipe (int *err) __attribute__ ((__nonnull__ (1)));
-
-/* The same, for a caller that knows where it wrote: NEXT_RANGE
- * yields those ranges (false when there are no more).  store_wipe
- * already trims only what was written, so the ranges are not needed:
- * kept for callers written against it.
+/* Empty the store at the end of a snapshot: trim the ranges that
+ * NEXT_RANGE yields (it returns false when there are no more), which
+ * must cover every range written since the last wipe; the cost is
+ * that of those ranges, not of the disk.  A lost store is replaced by
+ * a fresh, empty one instead.  Waits first for every store request
+ * still in flight (including writes abandoned at a deadline), so that
+ * no stale write can land after the wipe.
  */
 typedef bool (*store_range_fn) (void *opaque, uint64_t *offset,
                                 uint64_t *count);
