@@ -149,6 +149,15 @@ nbdconn_connect_uri (struct nbdconn *c, const char *uri)
 }
 
 int
+nbdconn_try_connect_uri (struct nbdconn *c, const char *uri)
+{
+  if (nbd_connect_uri (c->h, uri) == -1)
+    return -1;
+  learn_limits (c);
+  return 0;
+}
+
+int
 nbdconn_connect_argv (struct nbdconn *c, char **argv)
 {
   if (nbd_connect_systemd_socket_activation (c->h, argv) == -1) {
@@ -164,6 +173,16 @@ struct nbd_handle *
 nbdconn_handle (struct nbdconn *c)
 {
   return c->h;
+}
+
+/* Mark the connection dead without a message (the reader thread
+ * gives one when it sees the end).
+ */
+static void
+set_dead (struct nbdconn *c)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
+  c->dead = true;
 }
 
 /* Mark the connection dead, once, with a message. */
@@ -416,6 +435,8 @@ run (struct nbdconn *c, const struct request *r, void *owned_buf,
       if (--c->inflight == 0)
         pthread_cond_broadcast (&c->idle_cond);
     }
+    if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+      set_dead (c);
     /* A command refused by a dead or closed handle is an I/O error. */
     *err = (e == 0 || e == EINVAL || e == ENOTCONN) ? EIO : e;
     goto free_cmd;
@@ -444,6 +465,12 @@ run (struct nbdconn *c, const struct request *r, void *owned_buf,
   }
   cmd_free (cmd);
   if (e != 0) {
+    /* Tell a lost connection from an error the server returned: the
+     * handle is dead by the time libnbd fails the commands it cut
+     * off, whatever errno it gives them.
+     */
+    if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+      set_dead (c);
     nbdkit_error ("%s: %s at offset %" PRIu64 ": %s",
                   c->what, r->name, r->offset, strerror (e));
     /* libnbd fails commands cut off by a lost connection with

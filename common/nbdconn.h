@@ -35,11 +35,18 @@ extern struct nbdconn *nbdconn_new (const char *what)
  */
 extern int nbdconn_connect_uri (struct nbdconn *c, const char *uri)
   __attribute__ ((__nonnull__ (1, 2)));
+/* The same as nbdconn_connect_uri, but without a message: on
+ * failure the reason is in nbd_get_error (), for callers that retry
+ * and report failures themselves.
+ */
+extern int nbdconn_try_connect_uri (struct nbdconn *c, const char *uri)
+  __attribute__ ((__nonnull__ (1, 2)));
 extern int nbdconn_connect_argv (struct nbdconn *c, char **argv)
   __attribute__ ((__nonnull__ (1, 2)));
 
 /* The underlying handle, for querying sizes and capabilities
- * (nbd_get_size, nbd_can_*).  Never issue commands on it directly.
+ * (nbd_get_size, nbd_can_*) and, before connecting, for settings
+ * such as TLS (nbd_set_tls*).  Never issue commands on it directly.
  */
 extern struct nbd_handle *nbdconn_handle (struct nbdconn *c)
   __attribute__ ((__nonnull__ (1)));
@@ -101,7 +108,9 @@ extern void nbdconn_wait_idle (struct nbdconn *c)
   __attribute__ ((__nonnull__ (1)));
 
 /* True once the connection has failed for good (all later commands
- * fail with EIO).
+ * fail with EIO).  After a call fails, this tells a lost connection
+ * (true: the command may not have reached the server, or its reply
+ * was lost) from an error the server returned (false).
  */
 extern int nbdconn_is_dead (struct nbdconn *c)
   __attribute__ ((__nonnull__ (1)));

@@ -43,6 +43,8 @@ packages=(
     # Used by the tests and scripts: timeout, cmp, hexdump; socat
     # talks to the bitmap-discard control socket.
     coreutils diffutils bsdextrautils socat
+    # psktool and certtool make the keys of the TLS tests.
+    gnutls-bin
 )
 
 missing=()

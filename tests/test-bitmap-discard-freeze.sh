@@ -58,10 +58,11 @@ wait_status ()
 
 # write_bg BYTE OFFSET LENGTH: write LENGTH bytes of BYTE at OFFSET
 # through the writer export, in the background ($!); when the write
-# has completed, $d/done.OFFSET appears.
+# has completed, $d/done.OFFSET appears.  A write still held after
+# 60 s fails (so does the test, at its "wait").
 write_bg ()
 {
-    nbdsh -u "$uri" -c "
+    timeout 60 nbdsh -u "$uri" -c "
 h.pwrite(bytes([$1]) * $3, $2)
 open('$d/done.$2', 'w').close()" &
 }

@@ -8,8 +8,11 @@
 # time).  While a client has reads in flight through fleece, the live
 # server is killed (SIGKILL).  Every request in flight, and every
 # later one (read, write, flush, on the old connection and on new
-# ones), must fail with EIO, each under a 60 s bound; fleece logs
-# "connection lost", keeps running and exits cleanly on SIGTERM.  The
+# ones), must fail with EIO at once (live-reconnect-delay=0), each
+# under a 60 s bound; new connections still open (the capabilities
+# were read at start-up), and so do the status exports, which say the
+# link is down; fleece logs "connection lost", keeps running and
+# exits cleanly on SIGTERM.  The
 # same with the cbw filter on top: snapshot reads fail too (EIO), and
 # nothing crashes.
 
@@ -36,7 +39,7 @@ run ()
     : > "$tmp/fleece.log"
     # -v keeps the daemon's stderr (for the "connection lost" message).
     fleece_opts=(-v "$@")
-    start_fleece live="$live_uri" "${cbw_args[@]}"
+    start_fleece live="$live_uri" live-reconnect-delay=0 "${cbw_args[@]}"
     export fleece_uri live_pid with_cbw="${cbw_args[*]}"
     timeout 120 python3 - <<'PY'
 import os, signal, time
@@ -87,15 +90,28 @@ if sn:
     expect_eio("snapshot read", sn.pread, 512, 8192)
     sn.shutdown()
 
-# A new connection: refused, or its requests fail.
+# A new connection opens (the capabilities were read at start-up),
+# and its requests fail.
 g = nbd.NBD()
-try:
-    g.connect_uri(uri)
-except nbd.Error as ex:
-    print("new connection refused:", ex.string)
-else:
-    expect_eio("read on a new connection", g.pread, 512, 0)
-    g.shutdown()
+g.connect_uri(uri)
+assert g.get_size() == 4 << 20
+expect_eio("read on a new connection", g.pread, 512, 0)
+g.shutdown()
+
+# The status exports still open and say what happened.
+import json
+def status(export):
+    s = nbd.NBD()
+    s.connect_uri(uri.replace(":///?", ":///%s?" % export))
+    j = json.loads(s.pread(4096, 0))
+    s.shutdown()
+    return j
+live = status("live-status")
+print(live)
+assert live["live_state"] == "down", live
+assert live["live_last_error"] != "", live
+if sn:
+    print(status("cbw-status"))
 PY
     grep -i 'connection lost' "$tmp/fleece.log"
     # Still running, and stops cleanly.

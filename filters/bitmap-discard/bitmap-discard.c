@@ -28,13 +28,14 @@
 
 #include <nbdkit-filter.h>
 
+#include "cbw-contract.h"
 #include "params.h"
 #include "rounding.h"
 #include "control.h"
 #include "dirty.h"
 #include "scope.h"
 
-#define SNAPSHOT_EXPORT "snapshot"
+#define SNAPSHOT_EXPORT CBW_SNAPSHOT_EXPORT
 
 /* bitmap-discard-dir (absolute), or NULL: no dirty tracking. */
 static char *bitmap_dir;

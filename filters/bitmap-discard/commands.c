@@ -27,6 +27,7 @@
 
 #include "dirty.h"
 #include "gate.h"
+#include "map.h"
 #include "scope.h"
 #include "commands.h"
 
@@ -116,6 +117,35 @@ parse_seconds (const char *key, const char *s, double *secs,
     return -1;
   }
   return 0;
+}
+
+/* Parse a byte offset or length: a decimal number. */
+static int
+parse_u64 (const char *key, const char *s, uint64_t *n,
+           char *err, size_t errlen)
+{
+  char *end;
+
+  errno = 0;
+  if (s[0] < '0' || s[0] > '9' ||
+      (*n = strtoull (s, &end, 10), errno != 0) || *end != '\0') {
+    snprintf (err, errlen, "%s=%s: expected a number of bytes", key, s);
+    return -1;
+  }
+  return 0;
+}
+
+/* The map of the snapshot. */
+static int
+cmd_map (const struct args *a, FILE *fp, char *err, size_t errlen)
+{
+  const char *o = arg (a, "offset"), *l = arg (a, "length");
+  uint64_t offset = 0, length = 0;
+
+  if ((o && parse_u64 ("offset", o, &offset, err, errlen) == -1) ||
+      (l && parse_u64 ("length", l, &length, err, errlen) == -1))
+    return -1;
+  return map_command (offset, l != NULL, length, fp, err, errlen);
 }
 
 /* Snapshot. */
@@ -239,6 +269,8 @@ static const struct command commands[] = {
   { "freeze", "freeze timeout=SECONDS", 0, { "timeout", NULL },
     cmd_freeze },
   { "thaw", "thaw", 0, { NULL }, cmd_thaw },
+  { "map", "map [offset=N] [length=N]", 0, { "offset", "length", NULL },
+    cmd_map },
   { "help", "help", 0, { NULL }, cmd_help },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])

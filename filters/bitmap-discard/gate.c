@@ -108,11 +108,19 @@ seconds_between (const struct timespec *a, const struct timespec *b)
     (b->tv_nsec - a->tv_nsec) / 1e9;
 }
 
+/* A freeze that ended by its timeout, to be logged once the lock is
+ * dropped (the log is I/O).
+ */
+struct expiry {
+  uint64_t id;                  /* 0: none */
+  double seconds;
+};
+
 /* End the freeze if its deadline has passed (and it is not draining:
- * then gate_freeze decides).  Lock held.
+ * then gate_freeze decides).  Lock held.  Fills *ex if it ended.
  */
 static void
-expire_locked (void)
+expire_locked (struct expiry *ex)
 {
   struct timespec t = now ();
 
@@ -121,31 +129,45 @@ expire_locked (void)
   frozen = false;
   last_expired = true;
   freezes_expired++;
-  nbdkit_error ("bitmap-discard: freeze %" PRIu64 " expired: no thaw "
-                "within its timeout of %g seconds; writes resume, and a "
-                "snapshot with freeze=%" PRIu64 " will fail",
-                freeze_id, freeze_seconds, freeze_id);
+  ex->id = freeze_id;
+  ex->seconds = freeze_seconds;
   pthread_cond_broadcast (&cond);
+}
+
+/* Log the end of a freeze by its timeout, if ex says so. */
+static void
+log_expiry (const struct expiry *ex)
+{
+  if (ex->id)
+    nbdkit_error ("bitmap-discard: freeze %" PRIu64 " expired: no thaw "
+                  "within its timeout of %g seconds; writes resume, and "
+                  "a snapshot with freeze=%" PRIu64 " will fail",
+                  ex->id, ex->seconds, ex->id);
 }
 
 void
 gate_begin (void)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  for (;;) {
-    expire_locked ();
-    if (!held && !frozen)
-      break;
-    waiting++;
-    if (frozen && !draining) {
-      struct timespec until = deadline;
-      pthread_cond_timedwait (&cond, &lock, &until);
+  struct expiry ex = { 0 };
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    for (;;) {
+      expire_locked (&ex);
+      if (!held && !frozen)
+        break;
+      waiting++;
+      if (frozen && !draining) {
+        struct timespec until = deadline;
+        pthread_cond_timedwait (&cond, &lock, &until);
+      }
+      else
+        pthread_cond_wait (&cond, &lock);
+      waiting--;
     }
-    else
-      pthread_cond_wait (&cond, &lock);
-    waiting--;
+    inflight++;
   }
-  inflight++;
+  log_expiry (&ex);
 }
 
 void
@@ -170,22 +192,28 @@ gate_hold (void)
 int
 gate_hold_frozen (uint64_t id, char *err, size_t errlen)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  assert (!held);
-  expire_locked ();
-  if (!frozen || id != freeze_id) {
-    if (id == freeze_id && last_expired)
+  struct expiry ex = { 0 };
+  int r = -1;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    assert (!held);
+    expire_locked (&ex);
+    if (frozen && id == freeze_id) {
+      assert (inflight == 0);
+      held = true;
+      r = 0;
+    }
+    else if (id == freeze_id && last_expired)
       snprintf (err, errlen, "freeze %" PRIu64 " expired before this "
                 "snapshot (its timeout passed): the writers went on, so "
                 "the instant is lost; freeze again and retry", id);
     else
       snprintf (err, errlen, "freeze %" PRIu64 " is not in force%s", id,
                 frozen ? "" : " (nothing is frozen)");
-    return -1;
   }
-  assert (inflight == 0);
-  held = true;
-  return 0;
+  log_expiry (&ex);
+  return r;
 }
 
 void
@@ -197,20 +225,12 @@ gate_release (void)
   pthread_cond_broadcast (&cond);
 }
 
-int
-gate_freeze (double seconds, uint64_t *id, char *err, size_t errlen)
+/* Set the deadline to now + seconds.  Lock held. */
+static void
+set_deadline_locked (double seconds)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  struct timespec t;
+  struct timespec t = now ();
 
-  assert (!held);
-  expire_locked ();
-  if (frozen) {
-    snprintf (err, errlen, "already frozen (freeze %" PRIu64 ")",
-              freeze_id);
-    return -1;
-  }
-  t = now ();
   deadline.tv_sec = t.tv_sec + (time_t) seconds;
   deadline.tv_nsec = t.tv_nsec +
     (long) ((seconds - (time_t) seconds) * 1e9);
@@ -218,69 +238,105 @@ gate_freeze (double seconds, uint64_t *id, char *err, size_t errlen)
     deadline.tv_sec++;
     deadline.tv_nsec -= 1000000000;
   }
-  frozen = draining = true;
-  freeze_id++;
-  freeze_seconds = seconds;
-  last_expired = false;
-  while (inflight > 0) {
-    if (pthread_cond_timedwait (&cond, &lock, &deadline) == ETIMEDOUT &&
-        inflight > 0) {
-      snprintf (err, errlen, "%" PRIu64 " write(s) in flight did not "
-                "finish within %g seconds: not frozen", inflight, seconds);
-      frozen = draining = false;
-      pthread_cond_broadcast (&cond);
-      return -1;
+}
+
+int
+gate_freeze (double seconds, uint64_t *id, char *err, size_t errlen)
+{
+  struct expiry ex = { 0 };
+  int r = -1;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    assert (!held);
+    expire_locked (&ex);
+    if (frozen) {
+      snprintf (err, errlen, "already frozen (freeze %" PRIu64 ")",
+                freeze_id);
+      goto out;
     }
+    set_deadline_locked (seconds);
+    frozen = draining = true;
+    freeze_id++;
+    freeze_seconds = seconds;
+    last_expired = false;
+    while (inflight > 0) {
+      if (pthread_cond_timedwait (&cond, &lock, &deadline) == ETIMEDOUT &&
+          inflight > 0) {
+        snprintf (err, errlen, "%" PRIu64 " write(s) in flight did not "
+                  "finish within %g seconds: not frozen", inflight,
+                  seconds);
+        frozen = draining = false;
+        pthread_cond_broadcast (&cond);
+        goto out;
+      }
+    }
+    draining = false;
+    *id = freeze_id;
+    r = 0;
+  out:;
   }
-  draining = false;
-  *id = freeze_id;
-  return 0;
+  log_expiry (&ex);
+  return r;
 }
 
 void
 gate_thaw (bool *was_frozen, bool *expired)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  struct expiry ex = { 0 };
 
-  assert (!draining);
-  expire_locked ();
-  *was_frozen = frozen;
-  *expired = !frozen && last_expired;
-  if (frozen) {
-    frozen = false;
-    pthread_cond_broadcast (&cond);
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    assert (!draining);
+    expire_locked (&ex);
+    *was_frozen = frozen;
+    *expired = !frozen && last_expired;
+    if (frozen) {
+      frozen = false;
+      pthread_cond_broadcast (&cond);
+    }
   }
+  log_expiry (&ex);
 }
 
 int
 gate_expire (void)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  struct timespec t;
-  double left;
+  struct expiry ex = { 0 };
+  int r = -1;
 
-  expire_locked ();
-  if (!frozen || draining)
-    return -1;
-  t = now ();
-  left = seconds_between (&t, &deadline);
-  return left > 0 ? (int) (left * 1000) + 1 : 0;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    expire_locked (&ex);
+    if (frozen && !draining) {
+      struct timespec t = now ();
+      double left = seconds_between (&t, &deadline);
+      r = left > 0 ? (int) (left * 1000) + 1 : 0;
+    }
+  }
+  log_expiry (&ex);
+  return r;
 }
 
 void
 gate_get_stats (struct gate_stats *st)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  struct timespec t;
+  struct expiry ex = { 0 };
 
-  expire_locked ();
-  t = now ();
-  st->frozen = frozen && !draining;
-  st->freeze_id = st->frozen ? freeze_id : 0;
-  st->freeze_remaining = st->frozen ? seconds_between (&t, &deadline) : 0;
-  if (st->freeze_remaining < 0)
-    st->freeze_remaining = 0;
-  st->freezes_expired = freezes_expired;
-  st->writes_held = waiting;
-  st->writes_in_flight = inflight;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    struct timespec t = now ();
+
+    expire_locked (&ex);
+    st->frozen = frozen && !draining;
+    st->freeze_id = st->frozen ? freeze_id : 0;
+    st->freeze_remaining =
+      st->frozen ? seconds_between (&t, &deadline) : 0;
+    if (st->freeze_remaining < 0)
+      st->freeze_remaining = 0;
+    st->freezes_expired = freezes_expired;
+    st->writes_held = waiting;
+    st->writes_in_flight = inflight;
+  }
+  log_expiry (&ex);
 }

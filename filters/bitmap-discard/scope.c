@@ -66,6 +66,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "cbw-contract.h"
 #include "cleanup.h"
 #include "rounding.h"
 #include "commands.h"
@@ -76,10 +77,10 @@ uint32_t bd_granularity = 65536;
 bool bd_discard_on_read = false;
 bool bd_have_control = false;
 
-/* The cbw exports below. */
-#define SNAPSHOT_EXPORT "snapshot"
-#define STATUS_EXPORT   "cbw-status"
-#define STATUS_SIZE     4096
+/* The cbw exports below (common/cbw-contract.h). */
+#define SNAPSHOT_EXPORT CBW_SNAPSHOT_EXPORT
+#define STATUS_EXPORT   CBW_STATUS_EXPORT
+#define STATUS_SIZE     CBW_STATUS_SIZE
 
 /* Largest TRIM sent below in one request (a multiple of any
  * granularity).
@@ -306,6 +307,19 @@ scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
   return release_range (next, offset, count, err);
 }
 
+uint64_t
+scope_run (uint64_t pos, uint64_t end, bool *in)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  uint64_t g = pos / bd_granularity;
+
+  *in = scope_valid && bitmap_get (&scope, g);
+  while (++g < nr_granules && g * bd_granularity < end &&
+         (scope_valid && bitmap_get (&scope, g)) == *in)
+    ;
+  return MIN (g * bd_granularity, end);
+}
+
 int
 scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
                uint32_t flags, struct nbdkit_extents *extents, int *err)
@@ -313,18 +327,8 @@ scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
   uint64_t end = offset + count, pos = offset;
 
   while (pos < end) {
-    uint64_t g = pos / bd_granularity, run_end;
     bool in;
-
-    /* The run of granules with the same scope bit from pos. */
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      in = scope_valid && bitmap_get (&scope, g);
-      while (++g < nr_granules && g * bd_granularity < end &&
-             (scope_valid && bitmap_get (&scope, g)) == in)
-        ;
-    }
-    run_end = MIN (g * bd_granularity, end);
+    uint64_t run_end = scope_run (pos, end, &in);
 
     if (!in) {
       /* Not part of this backup: hole, but not known to be zero, so
@@ -383,19 +387,9 @@ struct cbw_status {
   char state[16];
   uint64_t generation;
   uint64_t cluster_size;
+  bool broken;
   char json[STATUS_SIZE + 1];   /* the line itself, trailing blanks cut */
 };
-
-static uint64_t
-json_number (const char *json, const char *key)
-{
-  char pat[64];
-  const char *p;
-
-  snprintf (pat, sizeof pat, "\"%s\":", key);
-  p = strstr (json, pat);
-  return p ? strtoull (p + strlen (pat), NULL, 10) : 0;
-}
 
 /* Read the "cbw-status" export below. */
 static int
@@ -403,7 +397,8 @@ read_cbw_status (struct cbw_status *st)
 {
   nbdkit_next *next;
   int err = 0, r = -1;
-  const char *p;
+  struct cbw_status_record rec;
+  char msg[128];
   size_t len;
 
   memset (st, 0, sizeof *st);
@@ -422,11 +417,14 @@ read_cbw_status (struct cbw_status *st)
   len = strlen (st->json);
   while (len > 0 && (st->json[len-1] == ' ' || st->json[len-1] == '\n'))
     st->json[--len] = '\0';
-  p = strstr (st->json, "\"state\":\"");
-  if (p)
-    sscanf (p + 9, "%15[a-z]", st->state);
-  st->generation = json_number (st->json, "generation");
-  st->cluster_size = json_number (st->json, "cluster_size");
+  if (cbw_status_parse (st->json, &rec, msg, sizeof msg) == -1) {
+    nbdkit_error ("bitmap-discard: %s", msg);
+    return -1;
+  }
+  memcpy (st->state, rec.state, sizeof st->state);
+  st->generation = rec.generation;
+  st->cluster_size = rec.cluster_size;
+  st->broken = rec.broken;
   return 0;
 }
 
@@ -497,15 +495,15 @@ open_holder (char *err, size_t errlen)
   return 0;
 }
 
-int
-scope_snapshot (const char *since, const char *checkpoint,
-                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+/* Before the snapshot step: refuse what would fail (a snapshot is
+ * active, bad or missing names, cbw missing below or still holding the
+ * previous snapshot, granules that are not whole clusters).  *before
+ * is cbw's status now.
+ */
+static int
+snapshot_check (const char *since, const char *checkpoint,
+                struct cbw_status *before, char *err, size_t errlen)
 {
-  struct cbw_status before, after;
-  struct bitmap newscope;
-  uint64_t bytes;
-  bool made_checkpoint = false;
-
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     if (state != SC_NONE) {
@@ -529,25 +527,67 @@ scope_snapshot (const char *since, const char *checkpoint,
       return -1;
     }
   }
-  if (read_cbw_status (&before) == -1) {
+  if (read_cbw_status (before) == -1) {
     snprintf (err, errlen, "cannot read \"cbw-status\" below: this "
               "filter must sit above the cbw filter");
     return -1;
   }
-  if (before.cluster_size == 0 || bd_granularity % before.cluster_size) {
+  if (before->cluster_size == 0 || bd_granularity % before->cluster_size) {
     snprintf (err, errlen, "bitmap-discard-granularity=%" PRIu32
               " is not a multiple of cbw-cluster-size=%" PRIu64 ": "
               "restart nbdkit with matching values",
-              bd_granularity, before.cluster_size);
+              bd_granularity, before->cluster_size);
     return -1;
   }
-  if (strcmp (before.state, "none") != 0) {
+  if (strcmp (before->state, "none") != 0) {
     snprintf (err, errlen, "the cbw filter still holds the previous "
               "snapshot (state %s: clients still connected to "
               "\"snapshot\", or cbw-linger): disconnect them or wait, "
-              "then retry", before.state);
+              "then retry", before->state);
     return -1;
   }
+  return 0;
+}
+
+/* The snapshot is taken: record it and print the reply fields. */
+static void
+snapshot_publish (const char *since, const char *checkpoint,
+                  uint64_t freeze, uint64_t bytes, FILE *fp)
+{
+  uint64_t gen;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    state = SC_ACTIVE;
+    gen = ++generation;
+    scope_bytes = bytes;
+    released_bytes = 0;
+    strcpy (since_name, since ? since : "");
+    strcpy (ckpt_name, checkpoint ? checkpoint : "");
+  }
+  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
+           gen, bytes);
+  if (since)
+    fprintf (fp, ",\"since\":\"%s\"", since);
+  if (checkpoint)
+    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+  if (freeze)
+    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
+  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
+                PRIu64 " bytes", gen, bytes);
+}
+
+int
+scope_snapshot (const char *since, const char *checkpoint,
+                uint64_t freeze, FILE *fp, char *err, size_t errlen)
+{
+  struct cbw_status before, after;
+  struct bitmap newscope;
+  uint64_t bytes;
+  bool made_checkpoint = false;
+
+  if (snapshot_check (since, checkpoint, &before, err, errlen) == -1)
+    return -1;
   if (bitmap_init (&newscope, 1, nr_granules) == -1) {
     snprintf (err, errlen, "out of memory");
     return -1;
@@ -593,28 +633,10 @@ scope_snapshot (const char *since, const char *checkpoint,
     close_holder ();
     goto fail;
   }
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    state = SC_ACTIVE;
-    generation++;
-    scope_bytes = bytes;
-    released_bytes = 0;
-    strcpy (since_name, since ? since : "");
-    strcpy (ckpt_name, checkpoint ? checkpoint : "");
-  }
+  snapshot_publish (since, checkpoint, freeze, bytes, fp);
 
   /* 6. */
   gate_release ();
-  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
-           generation, bytes);
-  if (since)
-    fprintf (fp, ",\"since\":\"%s\"", since);
-  if (checkpoint)
-    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
-  if (freeze)
-    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
-  nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
-                PRIu64 " bytes", generation, bytes);
   return 0;
 
  fail:
@@ -654,7 +676,7 @@ settle_checkpoint (bool ok, const char *name, FILE *fp)
     reason = "the backup reported result=failed";
   else if (read_cbw_status (&cs) == -1)
     reason = "the state of the snapshot below could not be read";
-  else if (strstr (cs.json, "\"broken\":true"))
+  else if (cs.broken)
     reason = "the snapshot broke below (see cbw in status)";
   fprintf (fp, ",\"checkpoint\":\"%s\"", name);
   if (dirty_checkpoint_settle (reason == NULL, name, err, sizeof err) == -1) {
@@ -694,6 +716,19 @@ scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
   settle_checkpoint (ok, name, fp);
   close_holder ();
   return 0;
+}
+
+nbdkit_next *
+scope_holder (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  return state == SC_ACTIVE ? holder : NULL;
+}
+
+uint64_t
+scope_disk_size (void)
+{
+  return disk_size;
 }
 
 int

@@ -49,6 +49,12 @@ extern int scope_extents (nbdkit_next *next, uint32_t count,
                           struct nbdkit_extents *extents, int *err)
   __attribute__ ((__nonnull__ (1, 5, 6)));
 
+/* The end of the run of bytes from pos (< end) that are all in scope
+ * (*in set) or all out of it, at most end.
+ */
+extern uint64_t scope_run (uint64_t pos, uint64_t end, bool *in)
+  __attribute__ ((__nonnull__ (3)));
+
 /* Control commands.  The caller serializes them.  Each prints the rest
  * of a JSON reply object (",\"key\":value...") to fp on success, or
  * returns -1 with a message in err.
@@ -65,6 +71,11 @@ extern int scope_release_snapshot (bool ok, FILE *fp, char *err,
                                    size_t errlen)
   __attribute__ ((__nonnull__ (2, 3)));
 extern void scope_status (FILE *fp) __attribute__ ((__nonnull__ (1)));
+/* Our context on "snapshot" below (control thread only), or NULL if
+ * no snapshot is active (taken on the control socket).
+ */
+extern nbdkit_next *scope_holder (void);
+extern uint64_t scope_disk_size (void);
 extern int scope_checkpoint (const char *name, char *err, size_t errlen)
   __attribute__ ((__nonnull__ (1, 2)));
 extern int scope_delete_checkpoint (const char *name, char *err,

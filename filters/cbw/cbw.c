@@ -9,8 +9,11 @@
  *   "cbw-status"  4096 bytes of JSON describing the snapshot, for the
  *                 filters above (bitmap-discard) and for people.
  *
- * The engine is in snap.c (see the essay at its top) and the fleece
- * store in store.c.  This file holds the nbdkit callbacks only.
+ * The engine is in snap.c (see the essay at its top), with the
+ * copy-before-write in copy.c and the registry of snapshot reads in
+ * reqlist.c; the fleece store is in store.c.  The export names and
+ * the status record are the contract with the layers above
+ * (common/cbw-contract.h).  This file holds the nbdkit callbacks only.
  */
 
 #include <config.h>
@@ -27,17 +30,11 @@
 
 #include <nbdkit-filter.h>
 
+#include "cbw-contract.h"
 #include "params.h"
 #include "rounding.h"
 #include "snap.h"
 #include "store.h"
-
-/* Export names. */
-#define SNAPSHOT_EXPORT "snapshot"
-#define STATUS_EXPORT   "cbw-status"
-
-/* Size of the status export. */
-#define STATUS_SIZE 4096
 
 /* What a connection (or context) is looking at. */
 enum export_kind { EXPORT_WRITER, EXPORT_SNAPSHOT, EXPORT_STATUS };
@@ -173,9 +170,9 @@ cbw_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                   int readonly, int is_tls, struct nbdkit_exports *exports)
 {
   if (nbdkit_add_export (exports, "", "the live disk (writer)") == -1 ||
-      nbdkit_add_export (exports, SNAPSHOT_EXPORT,
+      nbdkit_add_export (exports, CBW_SNAPSHOT_EXPORT,
                          "point-in-time snapshot") == -1 ||
-      nbdkit_add_export (exports, STATUS_EXPORT,
+      nbdkit_add_export (exports, CBW_STATUS_EXPORT,
                          "snapshot status (JSON)") == -1)
     return -1;
   return 0;
@@ -194,22 +191,31 @@ cbw_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 {
   struct cbw_handle *h;
   enum export_kind kind;
+  const char *below = "";
 
-  if (strcmp (exportname, "") == 0)
+  if (strcmp (exportname, CBW_WRITER_EXPORT) == 0)
     kind = EXPORT_WRITER;
-  else if (strcmp (exportname, SNAPSHOT_EXPORT) == 0)
+  /* The fleece plugin's own status export (the state of its link to
+   * the live disk) passes through, read-only, under its name.
+   */
+  else if (strcmp (exportname, FLEECE_LIVE_STATUS_EXPORT) == 0) {
+    kind = EXPORT_WRITER;
+    readonly = 1;
+    below = FLEECE_LIVE_STATUS_EXPORT;
+  }
+  else if (strcmp (exportname, CBW_SNAPSHOT_EXPORT) == 0)
     kind = EXPORT_SNAPSHOT;
-  else if (strcmp (exportname, STATUS_EXPORT) == 0)
+  else if (strcmp (exportname, CBW_STATUS_EXPORT) == 0)
     kind = EXPORT_STATUS;
   else {
     nbdkit_error ("cbw: no export named \"%s\": the exports are \"\" "
-                  "(the live disk), \"" SNAPSHOT_EXPORT "\" and \""
-                  STATUS_EXPORT "\"", exportname);
+                  "(the live disk), \"" CBW_SNAPSHOT_EXPORT "\" and \""
+                  CBW_STATUS_EXPORT "\"", exportname);
     return NULL;
   }
 
   /* Every export reads the one live disk below. */
-  if (next (nxdata, readonly || kind == EXPORT_STATUS, "") == -1)
+  if (next (nxdata, readonly || kind == EXPORT_STATUS, below) == -1)
     return NULL;
 
   h = malloc (sizeof *h);
@@ -264,7 +270,7 @@ cbw_get_size (nbdkit_next *next, void *handle)
   struct cbw_handle *h = handle;
 
   if (h->kind == EXPORT_STATUS)
-    return STATUS_SIZE;
+    return CBW_STATUS_SIZE;
   return next->get_size (next);
 }
 
@@ -383,7 +389,7 @@ cbw_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
            uint64_t offset, uint32_t flags, int *err)
 {
   struct cbw_handle *h = handle;
-  char status[STATUS_SIZE + 1];
+  char status[CBW_STATUS_SIZE + 1];
   size_t len;
 
   switch (h->kind) {
@@ -395,8 +401,8 @@ cbw_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
     /* One line of JSON, padded with spaces, ending in a newline. */
     snap_status_json (status, sizeof status);
     len = strlen (status);
-    memset (status + len, ' ', STATUS_SIZE - len);
-    status[STATUS_SIZE - 1] = '\n';
+    memset (status + len, ' ', CBW_STATUS_SIZE - len);
+    status[CBW_STATUS_SIZE - 1] = '\n';
     memcpy (buf, status + offset, count);
     return 0;
   }

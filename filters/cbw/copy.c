@@ -112,6 +112,8 @@ claim_locked (uint64_t first, uint64_t end, bool fast_zero,
       cl->runs[cl->nr_runs - 1].end = c + 1;
     bitmap_set (&eng.clusters, c, CL_COPYING);
     eng.copies_inflight++;
+    bitmap_set (&eng.stored,
+                c * cbw_cluster_size >> STORE_CHUNK_SHIFT, 1);
   }
   return 0;
 }

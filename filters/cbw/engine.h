@@ -56,6 +56,13 @@ struct engine {
 
   uint64_t copies_inflight;     /* clusters in state COPYING */
 
+  /* 1 bit per store chunk (STORE_CHUNK_SHIFT) of the disk: set when
+   * a copy is claimed there, so the store may hold data there.  The
+   * end of a snapshot empties only these chunks of the store, and
+   * clears the bits once that worked.
+   */
+  struct bitmap stored;
+
   /* Statistics of the current (or last) snapshot, in bytes. */
   uint64_t preserved_bytes;     /* now SAVED */
   uint64_t copied_bytes;        /* ever copied to the store */
@@ -64,6 +71,9 @@ struct engine {
 };
 
 extern struct engine eng;
+
+/* The store is emptied in chunks of 1 GiB (1 << STORE_CHUNK_SHIFT). */
+#define STORE_CHUNK_SHIFT 30
 
 /* -D cbw.verbose=1 */
 extern int cbw_debug_verbose;

@@ -56,7 +56,19 @@
  *
  * Ending: the state goes ENDING (writers stop claiming clusters), the
  * copies in flight finish, every cluster goes FREE, the store is
- * wiped, and only then can a new PIT be taken.
+ * emptied, and only then can a new PIT be taken.  Emptying costs what
+ * the snapshot wrote, not the size of the disk: every claim sets the
+ * bit of its 1 GiB chunk in 'eng.stored',
+ *
+ *   stored    | the store, in that chunk of the disk
+ *   ----------+----------------------------------------------
+ *   0         | holds nothing of this snapshot (nor of an
+ *             | earlier one that was emptied)
+ *   1         | may hold data: a copy was claimed there
+ *
+ * and the end trims only the chunks whose bit is set, found 64 bits
+ * at a time.  If emptying fails the bits stay set, so the next end
+ * tries again.
  *
  * Locking: one mutex, 'eng.lock', guards the engine state ('eng',
  * engine.h) and the state below it in this file.  I/O is never done
@@ -87,6 +99,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <endian.h>
 #include <sys/types.h>
 
 #include <pthread.h>
@@ -94,6 +107,7 @@
 #include <nbdkit-filter.h>
 
 #include "bitmap.h"
+#include "cbw-contract.h"
 #include "cleanup.h"
 #include "copy.h"
 #include "engine.h"
@@ -232,6 +246,50 @@ take_pit_locked (void)
   nbdkit_debug ("cbw: snapshot %" PRIu64 " taken", eng.generation);
 }
 
+/* The first set bit of the 1-bit bitmap BM at or after FROM, or
+ * BM->nblocks if none: 64 bits at a time where it can.
+ */
+static uint64_t
+next_one (const struct bitmap *bm, uint64_t from)
+{
+  while (from < bm->nblocks) {
+    uint64_t word;
+
+    if (from % 64 == 0 && from + 64 <= bm->nblocks) {
+      memcpy (&word, &bm->bits[from / 8], sizeof word);
+      word = le64toh (word);    /* block 8j+i is bit i of byte j */
+      if (word != 0)
+        return from + __builtin_ctzll (word);
+      from += 64;
+    }
+    else if (bitmap_get (bm, from))
+      return from;
+    else
+      from++;
+  }
+  return bm->nblocks;
+}
+
+/* store_range_fn over the chunks set in 'eng.stored', adjacent ones
+ * merged.  *OPAQUE is the chunk to look from.
+ */
+static bool
+next_stored_range (void *opaque, uint64_t *offset, uint64_t *count)
+{
+  uint64_t *chunk = opaque;
+  uint64_t first = next_one (&eng.stored, *chunk), end;
+
+  if (first >= eng.stored.nblocks)
+    return false;
+  for (end = first + 1;
+       end < eng.stored.nblocks && bitmap_get (&eng.stored, end); ++end)
+    ;
+  *chunk = end;
+  *offset = first << STORE_CHUNK_SHIFT;
+  *count = MIN (end << STORE_CHUNK_SHIFT, eng.disk_size) - *offset;
+  return true;
+}
+
 /* End the snapshot.  Called with the lock held, state ACTIVE and no
  * contexts; drops the lock while the store is wiped.
  */
@@ -239,6 +297,8 @@ static void
 end_snapshot_locked (void)
 {
   int err = 0;
+  uint64_t chunk;
+  bool wiped;
 
   assert (eng.state == SNAP_ACTIVE && contexts == 0);
   eng.state = SNAP_ENDING;
@@ -254,12 +314,19 @@ end_snapshot_locked (void)
                 eng.cbw_failures, eng.broken ? ", broken" : "");
   eng.preserved_bytes = 0;
 
+  /* No claim can set a bit of 'eng.stored' while ENDING: it is read
+   * without the lock below.
+   */
   pthread_mutex_unlock (&eng.lock);
-  if (store_wipe (&err) == -1)
+  chunk = 0;
+  wiped = store_wipe_ranges (next_stored_range, &chunk, &err) == 0;
+  if (!wiped)
     nbdkit_error ("cbw: emptying the fleece store failed (%s); its "
                   "space is freed at exit", strerror (err));
   pthread_mutex_lock (&eng.lock);
 
+  if (wiped)
+    bitmap_fill (&eng.stored, 0);
   eng.state = SNAP_NONE;
   pthread_cond_broadcast (&pit_changed);
 }
@@ -347,6 +414,11 @@ snap_init (uint64_t size)
     nbdkit_error ("cbw: cannot allocate the cluster map: %m");
     return -1;
   }
+  if (bitmap_init (&eng.stored, 1,
+                   (size >> STORE_CHUNK_SHIFT) + 1) == -1) {
+    nbdkit_error ("cbw: cannot allocate the map of the store: %m");
+    return -1;
+  }
   r = pthread_create (&linger_thread, NULL, linger_main, NULL);
   if (r != 0) {
     errno = r;
@@ -370,6 +442,7 @@ snap_free (void)
     linger_thread_started = false;
   }
   bitmap_free (&eng.clusters);
+  bitmap_free (&eng.stored);
 }
 
 /*----------------------------------------------------------------------
@@ -720,13 +793,15 @@ snap_status_json (char *buf, size_t len)
 
   store_status_json (ram, sizeof ram);
   snprintf (buf, len,
-            "{\"state\":\"%s\",\"generation\":%" PRIu64 ","
+            "{\"version\":%d,"
+            "\"state\":\"%s\",\"generation\":%" PRIu64 ","
             "\"cluster_size\":%" PRIu32 ",\"disk_size\":%" PRIu64 ","
             "\"preserved_bytes\":%" PRIu64 ",\"copied_bytes\":%" PRIu64 ","
             "\"released_bytes\":%" PRIu64 ",\"cbw_failures\":%" PRIu64 ","
             "\"broken\":%s,\"snapshot_contexts\":%u,"
             "\"store_allocated_bytes\":%" PRIi64 ",%s}",
-            state_name_locked (), eng.generation, cbw_cluster_size,
+            CBW_STATUS_VERSION, state_name_locked (), eng.generation,
+            cbw_cluster_size,
             eng.disk_size, eng.preserved_bytes, eng.copied_bytes,
             eng.released_bytes, eng.cbw_failures,
             eng.broken ? "true" : "false", contexts,

@@ -5,11 +5,18 @@
  * above it.  Every export name and every context (including the
  * shared contexts that filters open without a client) sees the same
  * disk: the cbw filter relies on that to read the live disk for both
- * its writer and its snapshot export.
+ * its writer and its snapshot export.  The one exception is the
+ * export named "live-status", a read-only JSON text with the state
+ * of the link to the live disk.
  *
- * Parallel: all requests share one NBD connection driven
- * asynchronously (see common/nbdconn.c), so requests from many
- * clients are in flight on the live disk together.
+ * Parallel: requests go to the live disk over a pool of NBD
+ * connections driven asynchronously (link.c, common/nbdconn.c), so
+ * requests from many clients are in flight on the live disk together.
+ * The link survives outages of the live disk's server: see link.c.
+ *
+ * Capabilities are those the live disk advertised at start-up, read
+ * once and kept: so connections (and the filters' status exports)
+ * open normally while the live disk is away.
  */
 
 #include <config.h>
@@ -27,75 +34,44 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "nbdconn.h"
+#include "cbw-contract.h"
+#include "link.h"
 
-/* live=URI, required. */
-static const char *live_uri;
+/* The status export's name (shared with the filters above, which pass
+ * it through) and size.
+ */
+#define STATUS_EXPORT FLEECE_LIVE_STATUS_EXPORT
+#define STATUS_SIZE 4096
 
-/* The connection to the live disk, made in .get_ready. */
-static struct nbdconn *live;
-
-/* Size and capabilities, read once after connecting. */
-static int64_t live_size;
+/* Handles: the live disk, or the status export. */
+static int disk_handle, status_handle;
+#define IS_STATUS(handle) ((handle) == &status_handle)
 
 static void
 fleece_unload (void)
 {
-  nbdconn_close (live);
+  link_unload ();
 }
 
 static int
 fleece_config (const char *key, const char *value)
 {
-  if (strcmp (key, "live") == 0) {
-    if (live_uri) {
-      nbdkit_error ("fleece: live= given more than once");
-      return -1;
-    }
-    live_uri = value;
-  }
-  else {
+  int r = link_config (key, value);
+
+  if (r == 0) {
     nbdkit_error ("fleece: unknown parameter '%s'", key);
     return -1;
   }
-  return 0;
+  return r == 1 ? 0 : -1;
 }
 
 static int
 fleece_config_complete (void)
 {
-  struct nbd_handle *h;
-
-  if (live_uri == NULL) {
-    nbdkit_error ("fleece: the live=URI parameter is required, "
-                  "e.g. live=nbd+unix:///?socket=/run/disk.sock");
-    return -1;
-  }
-  /* Check the URI's form now, so a typo is reported as such rather
-   * than as a connection failure.
-   */
-  h = nbd_create ();
-  if (h == NULL) {
-    nbdkit_error ("fleece: nbd_create: %s", nbd_get_error ());
-    return -1;
-  }
-  if (!nbd_supports_uri (h)) {
-    nbdkit_error ("fleece: this libnbd was built without URI support");
-    nbd_close (h);
-    return -1;
-  }
-  nbd_close (h);
-  if (strstr (live_uri, "://") == NULL) {
-    nbdkit_error ("fleece: live=%s is not an NBD URI "
-                  "(nbd://, nbds://, nbd+unix://, nbds+unix://)",
-                  live_uri);
-    return -1;
-  }
-  return 0;
+  return link_config_complete ();
 }
 
-#define fleece_config_help \
-  "live=<URI>       (required) NBD URI of the live disk."
+#define fleece_config_help link_config_help
 
 /* Connect before nbdkit forks, so an unreachable live disk stops
  * nbdkit with a clear error instead of failing every request.
@@ -103,27 +79,14 @@ fleece_config_complete (void)
 static int
 fleece_get_ready (void)
 {
-  live = nbdconn_new ("fleece: live disk");
-  if (live == NULL)
-    return -1;
-  if (nbdconn_connect_uri (live, live_uri) == -1)
-    return -1;
-  live_size = nbd_get_size (nbdconn_handle (live));
-  if (live_size == -1) {
-    nbdkit_error ("fleece: live disk: cannot get size: %s",
-                  nbd_get_error ());
-    return -1;
-  }
-  nbdkit_debug ("fleece: connected to %s, size %" PRIi64,
-                live_uri, live_size);
-  return 0;
+  return link_get_ready ();
 }
 
-/* The reader thread must start in the process that serves. */
+/* Threads must start in the process that serves. */
 static int
 fleece_after_fork (void)
 {
-  return nbdconn_start (live);
+  return link_after_fork ();
 }
 
 static void
@@ -139,64 +102,68 @@ fleece_dump_plugin (void)
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
-/* Every export name is the same live disk. */
+/* Every export name is the same live disk, except the status export.
+ * In the shared contexts that filters open there is no export name.
+ */
 static void *
 fleece_open (int readonly)
 {
-  return NBDKIT_HANDLE_NOT_NEEDED;
+  const char *name = nbdkit_export_name ();
+
+  if (name && strcmp (name, STATUS_EXPORT) == 0)
+    return &status_handle;
+  return &disk_handle;
 }
 
 static int64_t
 fleece_get_size (void *handle)
 {
-  return live_size;
+  return IS_STATUS (handle) ? STATUS_SIZE : link_caps ()->size;
 }
 
 static int
 fleece_block_size (void *handle,
                    uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
-  struct nbd_handle *h = nbdconn_handle (live);
-  int64_t min = nbd_get_block_size (h, LIBNBD_SIZE_MINIMUM);
-  int64_t pref = nbd_get_block_size (h, LIBNBD_SIZE_PREFERRED);
-  int64_t max = nbd_get_block_size (h, LIBNBD_SIZE_MAXIMUM);
+  const struct link_caps *c = link_caps ();
 
-  /* 0 means the server did not say: so do we. */
-  if (min <= 0 || pref <= 0 || max <= 0) {
+  if (IS_STATUS (handle)) {
     *minimum = *preferred = *maximum = 0;
     return 0;
   }
-  *minimum = min;
-  *preferred = pref;
-  *maximum = max;
+  *minimum = c->block_min;
+  *preferred = c->block_pref;
+  *maximum = c->block_max;
   return 0;
 }
 
-/* Capabilities are those of the live disk.  libnbd returns -1 only
- * on a handle that is not connected, which cannot happen here.
+/* Capabilities are those of the live disk at start-up (none for the
+ * status export).
  */
+#define CAP(handle, field) (!IS_STATUS (handle) && link_caps ()->field)
+
 static int
 fleece_can_write (void *handle)
 {
-  return !nbd_is_read_only (nbdconn_handle (live));
+  return !IS_STATUS (handle) && !link_caps ()->read_only;
 }
 
 static int
 fleece_can_flush (void *handle)
 {
-  return nbd_can_flush (nbdconn_handle (live));
+  return CAP (handle, flush);
 }
 
 static int
 fleece_is_rotational (void *handle)
 {
-  return nbd_is_rotational (nbdconn_handle (live));
+  return CAP (handle, rotational);
 }
 
 static int
 fleece_can_trim (void *handle)
 {
-  return nbd_can_trim (nbdconn_handle (live));
+  return CAP (handle, trim);
 }
 
 /* Without WRITE_ZEROES on the live disk, nbdkit emulates zero with
@@ -205,40 +172,38 @@ fleece_can_trim (void *handle)
 static int
 fleece_can_zero (void *handle)
 {
-  return nbd_can_zero (nbdconn_handle (live));
+  return CAP (handle, zero);
 }
 
 static int
 fleece_can_fast_zero (void *handle)
 {
-  return nbd_can_fast_zero (nbdconn_handle (live));
+  return CAP (handle, fast_zero);
 }
 
 static int
 fleece_can_fua (void *handle)
 {
-  return nbd_can_fua (nbdconn_handle (live)) > 0 ?
-    NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
+  return CAP (handle, fua) ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
 }
 
+/* The status export is the same text on every connection. */
 static int
 fleece_can_multi_conn (void *handle)
 {
-  return nbd_can_multi_conn (nbdconn_handle (live));
+  return IS_STATUS (handle) || link_caps ()->multi_conn;
 }
 
 static int
 fleece_can_cache (void *handle)
 {
-  return nbd_can_cache (nbdconn_handle (live)) > 0 ?
-    NBDKIT_CACHE_NATIVE : NBDKIT_CACHE_NONE;
+  return CAP (handle, cache) ? NBDKIT_CACHE_NATIVE : NBDKIT_CACHE_NONE;
 }
 
 static int
 fleece_can_extents (void *handle)
 {
-  return nbd_can_meta_context (nbdconn_handle (live),
-                               LIBNBD_CONTEXT_BASE_ALLOCATION) > 0;
+  return CAP (handle, extents);
 }
 
 /* nbdkit flags to libnbd flags. */
@@ -258,17 +223,50 @@ to_libnbd_flags (uint32_t flags)
   return f;
 }
 
-/* Plugins report errors through errno. */
-#define RETURN_ERRNO(r, err) \
-  do { if ((r) == -1) { errno = (err); return -1; } return 0; } while (0)
+/* Send R to the live disk. */
+static int
+request (enum link_kind kind, void *buf, uint32_t count, uint64_t offset,
+         uint32_t flags, struct nbdkit_extents *extents)
+{
+  struct link_req r = { .kind = kind, .buf = buf, .count = count,
+                        .offset = offset, .flags = flags,
+                        .extents = extents };
+  int err = 0;
+
+  if (link_request (&r, &err) == -1) {
+    errno = err;
+    return -1;
+  }
+  return 0;
+}
+
+/* The status export: one line of JSON, padded with spaces, ending in
+ * a newline.
+ */
+static void
+status_read (void *buf, uint32_t count, uint64_t offset)
+{
+  char status[STATUS_SIZE + 1], link[STATUS_SIZE - 8];
+  size_t len;
+
+  link_status_json (link, sizeof link);
+  snprintf (status, sizeof status, "{%s}", link);
+  len = strlen (status);
+  memset (status + len, ' ', STATUS_SIZE - len);
+  status[STATUS_SIZE - 1] = '\n';
+  memcpy (buf, status + offset, count);
+}
 
 /* Read data. */
 static int
 fleece_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
               uint32_t flags)
 {
-  int err = 0, r = nbdconn_pread (live, buf, count, offset, 0, &err);
-  RETURN_ERRNO (r, err);
+  if (IS_STATUS (handle)) {
+    status_read (buf, count, offset);
+    return 0;
+  }
+  return request (LINK_READ, buf, count, offset, 0, NULL);
 }
 
 /* Write data. */
@@ -276,45 +274,41 @@ static int
 fleece_pwrite (void *handle, const void *buf, uint32_t count,
                uint64_t offset, uint32_t flags)
 {
-  int err = 0, r = nbdconn_pwrite (live, buf, count, offset,
-                                   flags & NBDKIT_FLAG_FUA ?
-                                   LIBNBD_CMD_FLAG_FUA : 0, &err);
-  RETURN_ERRNO (r, err);
+  /* libnbd takes a const buffer for writes; the cast only fits the
+   * shared request struct.
+   */
+  return request (LINK_WRITE, (void *) buf, count, offset,
+                  flags & NBDKIT_FLAG_FUA ? LIBNBD_CMD_FLAG_FUA : 0, NULL);
 }
 
 /* Zero. */
 static int
 fleece_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  int err = 0, r = nbdconn_zero (live, count, offset,
-                                 to_libnbd_flags (flags), &err);
-  RETURN_ERRNO (r, err);
+  return request (LINK_ZERO, NULL, count, offset, to_libnbd_flags (flags),
+                  NULL);
 }
 
 /* Trim. */
 static int
 fleece_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  int err = 0, r = nbdconn_trim (live, count, offset,
-                                 flags & NBDKIT_FLAG_FUA ?
-                                 LIBNBD_CMD_FLAG_FUA : 0, &err);
-  RETURN_ERRNO (r, err);
+  return request (LINK_TRIM, NULL, count, offset,
+                  flags & NBDKIT_FLAG_FUA ? LIBNBD_CMD_FLAG_FUA : 0, NULL);
 }
 
 /* Flush. */
 static int
 fleece_flush (void *handle, uint32_t flags)
 {
-  int err = 0, r = nbdconn_flush (live, 0, &err);
-  RETURN_ERRNO (r, err);
+  return request (LINK_FLUSH, NULL, 0, 0, 0, NULL);
 }
 
 /* Cache (prefetch). */
 static int
 fleece_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  int err = 0, r = nbdconn_cache (live, count, offset, 0, &err);
-  RETURN_ERRNO (r, err);
+  return request (LINK_CACHE, NULL, count, offset, 0, NULL);
 }
 
 /* Extents. */
@@ -322,11 +316,9 @@ static int
 fleece_extents (void *handle, uint32_t count, uint64_t offset,
                 uint32_t flags, struct nbdkit_extents *extents)
 {
-  int err = 0, r = nbdconn_extents (live, count, offset,
-                                    flags & NBDKIT_FLAG_REQ_ONE ?
-                                    LIBNBD_CMD_FLAG_REQ_ONE : 0,
-                                    extents, &err);
-  RETURN_ERRNO (r, err);
+  return request (LINK_EXTENTS, NULL, count, offset,
+                  flags & NBDKIT_FLAG_REQ_ONE ? LIBNBD_CMD_FLAG_REQ_ONE : 0,
+                  extents);
 }
 
 static struct nbdkit_plugin plugin = {

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# nbdkit-fleece: several connections to a multi-conn live disk.
+# SPDX-License-Identifier: BSD-3-Clause
+#
+# The live disk is a file behind nbdkit's file plugin, with the log
+# filter so that we can see which connection each request came on.
+# fleece opens live-connections=4 connections (live-status says so)
+# and requests are spread over them (the live log shows requests on
+# four connections).  Under the cbw filter, pit-torture's writers
+# and readers (and nbdcopy of the snapshot) get the exact point in
+# time and the exact live disk, and the link survives a restart of
+# the live server with all four connections.  A live disk without
+# multi-conn (nbdkit's multi-conn filter, mode disable) gets one
+# connection whatever live-connections says.
+
+source ./functions.sh
+source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+set -e
+set -x
+
+fleece_requires
+requires_program nbdcopy
+requires test -x "$TESTS_BIN/pit-torture"
+requires nbdkit --filter="$CBW_FILTER" "$FLEECE_PLUGIN" --version
+requires nbdkit --filter=log --filter=multi-conn memory 1M --version
+
+live_sock="$tmp/live.sock"
+live_uri="nbd+unix:///?socket=$live_sock"
+
+# start_live [FILTER PARAM]: the file, logged -> $live_pid
+start_live ()
+{
+    rm -f "$live_sock"
+    start_nbdkit -P "$tmp/live.pid" -U "$live_sock" ${1:+--filter="$1"} \
+                 --filter=log file "$tmp/live.img" logfile="$tmp/live.log" \
+                 ${2:+"$2"}
+    live_pid="$pid"
+    _fleece_pids+=("$live_pid")
+}
+
+# live_status KEY: print KEY of live-status.
+live_status ()
+{
+    nbdsh -u "${fleece_uri/:\/\/\/?/:\/\/\/live-status?}" -c "
+import json
+print(json.loads(h.pread(4096, 0))['$1'])"
+}
+
+# connections_used: distinct connections that sent reads or writes.
+connections_used ()
+{
+    grep -aE ' (Read|Write) ' "$tmp/live.log" |
+        sed -n 's/.*connection=\([0-9]*\).*/\1/p' | sort -u | wc -l
+}
+
+truncate -s 24M "$tmp/live.img"
+start_live
+fleece_opts=(-v --filter="$CBW_FILTER")
+start_fleece live="$live_uri" live-connections=4 \
+             cbw-image="$tmp/fleece.qcow2"
+[ "$(live_status live_connections)" -eq 4 ]
+
+w="$fleece_uri"
+s="nbd+unix:///snapshot?socket=$fsock"
+timeout 120 "$TESTS_BIN/pit-torture" -F -S 41 "$w"
+cp "$tmp/live.img" "$tmp/ref.img"
+timeout 300 "$TESTS_BIN/pit-torture" -S 41 -w 4 -r 4 -n 1000 -i \
+        -x "nbdcopy --connections=4 '$s' '$tmp/copy.img' &&
+            cmp '$tmp/copy.img' '$tmp/ref.img'" \
+        "$w" "$s" "$tmp/ref.img"
+! cmp -s "$tmp/live.img" "$tmp/ref.img"
+[ "$(connections_used)" -ge 4 ]
+
+# The four connections come back after a restart.
+kill -9 "$live_pid"
+while pid_alive "$live_pid"; do sleep 0.1; done
+start_live
+: > "$tmp/live.log"
+timeout 300 "$TESTS_BIN/pit-torture" -F -S 43 "$w"
+[ "$(live_status live_reconnects)" -eq 1 ]
+[ "$(connections_used)" -ge 4 ]
+kill_pid "$fleece_pid"
+kill_pid "$live_pid"
+
+# Without multi-conn: one connection.
+start_live multi-conn multi-conn-mode=disable
+fleece_opts=(-v)
+start_fleece live="$live_uri" live-connections=4
+[ "$(live_status live_connections)" -eq 1 ]
+timeout 60 nbdsh -u "$fleece_uri" -c 'h.pwrite(b"x" * 4096, 0)'
