@@ -29,11 +29,6 @@
 #define CBW_SNAPSHOT_EXPORT "snapshot"
 #define CBW_STATUS_EXPORT   "cbw-status"
 
-/* The fleece plugin's status export (its link to the live disk),
- * which cbw and the layers above pass through unchanged.
- */
-#define FLEECE_LIVE_STATUS_EXPORT "live-status"
-
 /* The size of the status export, and the record's version. */
 #define CBW_STATUS_SIZE     4096
 #define CBW_STATUS_VERSION  1

@@ -465,11 +465,13 @@ run (struct nbdconn *c, const struct request *r, void *owned_buf,
   }
   cmd_free (cmd);
   if (e != 0) {
-    /* Tell a lost connection from an error the server returned: the
-     * handle is dead by the time libnbd fails the commands it cut
-     * off, whatever errno it gives them.
+    /* Tell a lost connection from an error the server returned:
+     * libnbd fails the commands it cut off with ENOTCONN (servers do
+     * not send it), and the handle may not look dead yet to this
+     * thread when the reader is still inside the state machine.
      */
-    if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+    if (e == ENOTCONN ||
+        nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
       set_dead (c);
     nbdkit_error ("%s: %s at offset %" PRIu64 ": %s",
                   c->what, r->name, r->offset, strerror (e));

@@ -34,7 +34,7 @@ say () { echo "==> setup: $*" >&2; }
 packages=(
     # Build: compiler, autotools, libraries.
     gcc libc6-dev make autoconf automake libtool pkg-config
-    nbdkit-plugin-dev libnbd-dev libgnutls28-dev
+    nbdkit-plugin-dev libnbd-dev libgnutls28-dev libjson-c-dev
     # Man pages: pod2man and podchecker.
     perl
     # Run and test: the server, the NBD clients, nbdsh and the python

@@ -99,11 +99,13 @@ cp --sparse=always "$d/live.img" "$d/ref.img"
 ctl_err "$d/ctl" "freeze timeout=5"
 case "$reply" in *"already frozen (freeze $id)"*) ;; *) exit 1 ;; esac
 
-# One more write, at a known place: it waits at the gate with the 4
-# writer threads' requests, and none reaches the disk.
+# One more write and a zero, at known places: they wait at the gate
+# with the 4 writer threads' requests, and none reaches the disk.
 write_bg 0xab $((1024 * 1024 + 5)) 70000
 w1=$!
-wait_status 's["writes_held"] == 5 and s["writes_in_flight"] == 0'
+timeout 60 nbdsh -u "$uri" -c "h.zero(8192, 12 * 1024 * 1024 - 4096)" &
+z1=$!
+wait_status 's["writes_held"] == 6 and s["writes_in_flight"] == 0'
 status_is "s['frozen'] is True and s['freeze'] == $id and
            0 < s['freeze_remaining'] <= 120"
 cmp "$d/live.img" "$d/ref.img"
@@ -112,7 +114,7 @@ test ! -e "$d/done.$((1024 * 1024 + 5))"
 # A snapshot in the freeze: at the frozen instant, writes still held.
 ctl_ok "$d/ctl" "snapshot since=c0 checkpoint=c1 freeze=$id"
 test "$(json_get freeze)" = "$id"
-status_is "s['frozen'] is True and s['writes_held'] == 5 and
+status_is "s['frozen'] is True and s['writes_held'] == 6 and
            s['state'] == 'active'"
 cmp "$d/live.img" "$d/ref.img"
 
@@ -120,9 +122,10 @@ cmp "$d/live.img" "$d/ref.img"
 ctl_ok "$d/ctl" thaw
 test "$(json_get was_frozen)" = True
 test "$(json_get expired)" = False
-wait $w1
+wait $w1 $z1
 test -e "$d/done.$((1024 * 1024 + 5))"
 test "$(od -An -tx1 -j $((1024 * 1024 + 5)) -N1 "$d/live.img")" = " ab"
+cmp -s -n 8192 -i $((12 * 1024 * 1024 - 4096)):0 "$d/live.img" /dev/zero
 ctl_ok "$d/ctl" thaw
 test "$(json_get was_frozen)" = False
 test "$(json_get expired)" = False
@@ -169,7 +172,7 @@ test "$(json_get expired)" = True
 # A freeze that cannot drain: a write is stuck below (the live disk
 # is stopped).  The freeze fails after its timeout and nothing stays
 # frozen; the write completes when the disk goes on.
-ctl_ok "$d/ctl" "freeze timeout=0.5"
+ctl_ok "$d/ctl" "freeze timeout=30"
 ctl_ok "$d/ctl" thaw
 test "$(json_get expired)" = False
 kill -STOP "$(cat "$d/live.pid")"

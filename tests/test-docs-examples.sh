@@ -37,7 +37,6 @@ requires_program nbdinfo
 requires_program nbdsh
 requires_program qemu-img
 requires_program qemu-nbd
-requires_program socat
 requires_nbd_python
 requires test -f "$FLEECE_PLUGIN"
 requires test -f "$CBW_FILTER"

@@ -68,6 +68,19 @@ start_nbdkit -P "$tmp/live.pid" -U "$tmp/live.sock" memory 1M
 _fleece_pids+=("$pid")
 bad 'nosuchparam' live="nbd+unix:///?socket=$tmp/live.sock" nosuchparam=1
 
+# Bad values of the link's parameters, each named.
+bad 'live-reconnect-delay=-1' live="nbd+unix:///?socket=$tmp/live.sock" \
+    live-reconnect-delay=-1
+bad 'live-reconnect-delay=soon' live="nbd+unix:///?socket=$tmp/live.sock" \
+    live-reconnect-delay=soon
+bad 'live-connections' live="nbd+unix:///?socket=$tmp/live.sock" \
+    live-connections=0
+bad 'live-connections' live="nbd+unix:///?socket=$tmp/live.sock" \
+    live-connections=65
+bad 'live-status-file=.*No such file' \
+    live="nbd+unix:///?socket=$tmp/live.sock" \
+    live-status-file="$tmp/no/such/dir/live.json"
+
 nbdkit "$FLEECE_PLUGIN" --dump-plugin | grep '^name=fleece'
 nbdkit "$FLEECE_PLUGIN" --help | grep 'live='
 

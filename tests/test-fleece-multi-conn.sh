@@ -4,7 +4,7 @@
 #
 # The live disk is a file behind nbdkit's file plugin, with the log
 # filter so that we can see which connection each request came on.
-# fleece opens live-connections=4 connections (live-status says so)
+# fleece opens live-connections=4 connections (the status file says so)
 # and requests are spread over them (the live log shows requests on
 # four connections).  Under the cbw filter, pit-torture's writers
 # and readers (and nbdcopy of the snapshot) get the exact point in
@@ -38,12 +38,11 @@ start_live ()
     _fleece_pids+=("$live_pid")
 }
 
-# live_status KEY: print KEY of live-status.
+# live_status KEY: print KEY of the status file.
 live_status ()
 {
-    nbdsh -u "${fleece_uri/:\/\/\/?/:\/\/\/live-status?}" -c "
-import json
-print(json.loads(h.pread(4096, 0))['$1'])"
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
+            "$tmp/live.json" "$1"
 }
 
 # connections_used: distinct connections that sent reads or writes.
@@ -57,7 +56,7 @@ truncate -s 24M "$tmp/live.img"
 start_live
 fleece_opts=(-v --filter="$CBW_FILTER")
 start_fleece live="$live_uri" live-connections=4 \
-             cbw-image="$tmp/fleece.qcow2"
+             live-status-file="$tmp/live.json" cbw-image="$tmp/fleece.qcow2"
 [ "$(live_status live_connections)" -eq 4 ]
 
 w="$fleece_uri"
@@ -85,6 +84,7 @@ kill_pid "$live_pid"
 # Without multi-conn: one connection.
 start_live multi-conn multi-conn-mode=disable
 fleece_opts=(-v)
-start_fleece live="$live_uri" live-connections=4
+start_fleece live="$live_uri" live-connections=4 \
+             live-status-file="$tmp/live.json"
 [ "$(live_status live_connections)" -eq 1 ]
 timeout 60 nbdsh -u "$fleece_uri" -c 'h.pwrite(b"x" * 4096, 0)'

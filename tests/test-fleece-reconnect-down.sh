@@ -5,7 +5,7 @@
 #
 # The live disk is nbdkit's file plugin over a raw file;
 # live-reconnect-delay=1.  The live server is killed: a read waits,
-# then fails with EIO, live-status says "down"; the server comes back
+# then fails with EIO, the status file says "down"; the server comes back
 # and, without restarting fleece, the same connection reads the data
 # written before.  Then the live server is replaced by one serving a
 # disk of another size on the same socket: fleece logs and reports
@@ -37,19 +37,15 @@ stop_live ()
     while pid_alive "$live_pid"; do sleep 0.1; done
 }
 
-# wait_status KEY TEXT: until live-status's KEY contains TEXT.
+# wait_status KEY TEXT: until the status file's KEY contains TEXT.
 wait_status ()
 {
     timeout 60 python3 - "$1" "$2" <<'PY'
 import json, os, sys, time
 import nbd
 key, want = sys.argv[1], sys.argv[2]
-uri = os.environ["fleece_uri"].replace(":///?", ":///live-status?")
 while True:
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
+    s = json.load(open(os.path.join(os.environ["tmp"], "live.json")))
     if want in str(s[key]):
         print(s)
         break
@@ -75,7 +71,9 @@ truncate -s 4M "$tmp/live.img"
 truncate -s 8M "$tmp/other.img"
 start_live "$tmp/live.img"
 fleece_opts=(-v)
-start_fleece live="$live_uri" live-reconnect-delay=1
+start_fleece live="$live_uri" live-reconnect-delay=1 \
+             live-status-file="$tmp/live.json"
+export tmp
 export fleece_uri
 timeout 60 nbdsh -u "$fleece_uri" -c 'h.pwrite(b"\x5a" * 4096, 0)'
 

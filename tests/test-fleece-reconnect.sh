@@ -10,10 +10,10 @@
 # Writers (random slots, several requests in flight) and an nbdcopy
 # of "snapshot" run; the live server is killed (SIGKILL); a second
 # nbdcopy starts during the outage (it must read the live disk, so
-# it waits); live-status says "reconnecting"; the server is started
+# it waits); the status file says "reconnecting"; the server is started
 # again on the same socket.  Then: no writer saw an error, both
 # snapshot copies equal the reference byte for byte, every slot of
-# the live disk holds its last write, and live-status says "up" with
+# the live disk holds its last write, and the status file says "up" with
 # one reconnection.
 
 source ./functions.sh
@@ -49,19 +49,15 @@ start_live ()
     _fleece_pids+=("$live_pid")
 }
 
-# wait_status KEY VALUE: until live-status has KEY == VALUE.
+# wait_status KEY VALUE: until the status file has KEY == VALUE.
 wait_status ()
 {
     timeout 60 python3 - "$1" "$2" <<'PY'
 import json, os, sys, time
 import nbd
 key, want = sys.argv[1], sys.argv[2]
-uri = os.environ["fleece_uri"].replace(":///?", ":///live-status?")
 while True:
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    s = json.loads(h.pread(4096, 0))
-    h.shutdown()
+    s = json.load(open(os.path.join(os.environ["tmp"], "live.json")))
     if str(s[key]) == want:
         print(s)
         break
@@ -154,6 +150,7 @@ run ()
     start_live "$kind"
     fleece_opts=(-v --filter="$CBW_FILTER" -t 8)
     start_fleece live="$live_uri" live-reconnect-delay=60 \
+                 live-status-file="$tmp/live.json" \
                  cbw-image="$tmp/fleece.qcow2"
     export fleece_uri
     snap_uri="nbd+unix:///snapshot?socket=$fsock"

@@ -41,7 +41,7 @@
 #include "map.h"
 
 #define MAX_EXTENTS 1024
-#define MAX_ASK     (UINT32_C (1) << 30) /* largest extents request */
+#define MAX_ASK     UINT32_C (0xfff00000) /* largest extents request */
 
 struct map_extent {
   uint64_t offset, length;

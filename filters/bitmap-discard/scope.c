@@ -307,16 +307,32 @@ scope_trim (nbdkit_next *next, uint32_t count, uint64_t offset,
   return release_range (next, offset, count, err);
 }
 
+/* Whole bytes of the scope bitmap are skipped at once: the map of a
+ * large disk has long runs, and clients' reads wait for this lock.
+ */
 uint64_t
 scope_run (uint64_t pos, uint64_t end, bool *in)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
   uint64_t g = pos / bd_granularity;
+  uint64_t last = MIN ((end + bd_granularity - 1) / bd_granularity,
+                       nr_granules);
+  uint8_t same;
 
-  *in = scope_valid && bitmap_get (&scope, g);
-  while (++g < nr_granules && g * bd_granularity < end &&
-         (scope_valid && bitmap_get (&scope, g)) == *in)
-    ;
+  if (!scope_valid) {
+    *in = false;
+    return end;
+  }
+  *in = bitmap_get (&scope, g);
+  same = *in ? 0xff : 0;
+  for (++g; g < last; ) {
+    if (g % 8 == 0 && g + 8 <= last && scope.bits[g / 8] == same)
+      g += 8;
+    else if (bitmap_get (&scope, g) == *in)
+      g++;
+    else
+      break;
+  }
   return MIN (g * bd_granularity, end);
 }
 

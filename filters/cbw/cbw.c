@@ -191,18 +191,9 @@ cbw_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 {
   struct cbw_handle *h;
   enum export_kind kind;
-  const char *below = "";
 
   if (strcmp (exportname, CBW_WRITER_EXPORT) == 0)
     kind = EXPORT_WRITER;
-  /* The fleece plugin's own status export (the state of its link to
-   * the live disk) passes through, read-only, under its name.
-   */
-  else if (strcmp (exportname, FLEECE_LIVE_STATUS_EXPORT) == 0) {
-    kind = EXPORT_WRITER;
-    readonly = 1;
-    below = FLEECE_LIVE_STATUS_EXPORT;
-  }
   else if (strcmp (exportname, CBW_SNAPSHOT_EXPORT) == 0)
     kind = EXPORT_SNAPSHOT;
   else if (strcmp (exportname, CBW_STATUS_EXPORT) == 0)
@@ -215,7 +206,7 @@ cbw_open (nbdkit_next_open *next, nbdkit_context *nxdata,
   }
 
   /* Every export reads the one live disk below. */
-  if (next (nxdata, readonly || kind == EXPORT_STATUS, below) == -1)
+  if (next (nxdata, readonly || kind == EXPORT_STATUS, "") == -1)
     return NULL;
 
   h = malloc (sizeof *h);
@@ -398,7 +389,10 @@ cbw_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
   case EXPORT_SNAPSHOT:
     return snap_read (next, buf, count, offset, err);
   case EXPORT_STATUS:
-    /* One line of JSON, padded with spaces, ending in a newline. */
+    /* One line of JSON, padded with spaces, ending in a newline.  A
+     * store that died while idle is noticed here first.
+     */
+    store_poll ();
     snap_status_json (status, sizeof status);
     len = strlen (status);
     memset (status + len, ' ', CBW_STATUS_SIZE - len);

@@ -185,7 +185,7 @@ copy_runs (nbdkit_next *next, struct claim *cl)
  * copied stay COPYING until their copier publishes them (it makes
  * them FREE, see undo_after_break_locked).
  */
-static void
+void
 break_snapshot_locked (const char *why)
 {
   uint64_t c;
@@ -193,10 +193,10 @@ break_snapshot_locked (const char *why)
   if (eng.broken)
     return;
   eng.broken = true;
+  eng.broken_why = why;
   nbdkit_error ("cbw: snapshot %" PRIu64 " is broken (%s): every "
                 "further read of the snapshot export fails with EIO "
-                "until the snapshot ends (cbw-on-error=break-snapshot)",
-                eng.generation, why);
+                "until the snapshot ends", eng.generation, why);
   for (c = 0; c < eng.nr_clusters; ++c)
     if (bitmap_get (&eng.clusters, c) != CL_COPYING)
       bitmap_set (&eng.clusters, c, CL_FREE);
@@ -232,6 +232,12 @@ apply_error_policy_locked (const struct claim *cl, int *err)
   }
   assert (first_err != 0);
 
+  /* The store broke the snapshot (it was lost, or is full): there is
+   * nothing left to keep by failing the writer.
+   */
+  if (eng.broken)
+    return 0;
+
   switch (cbw_on_error) {
   case CBW_BREAK_WRITE:
     nbdkit_error ("cbw: copy before write failed (%s): failing the "
@@ -241,8 +247,10 @@ apply_error_policy_locked (const struct claim *cl, int *err)
     return -1;
   case CBW_BREAK_SNAPSHOT:
     break_snapshot_locked (first_err == ETIMEDOUT ?
-                           "copy before write timed out" :
-                           "copy before write failed");
+                           "copy before write timed out "
+                           "(cbw-on-error=break-snapshot)" :
+                           "copy before write failed "
+                           "(cbw-on-error=break-snapshot)");
     return 0;
   }
   abort ();
@@ -333,4 +341,14 @@ copy_before_write_locked (nbdkit_next *next, uint64_t first, uint64_t end,
   r = publish_locked (&cl, all_ok, err);
   free (cl.runs);
   return r;
+}
+
+/* The store can no longer keep the snapshot's data (see snap.h). */
+void
+snap_store_failed (const char *why)
+{
+  pthread_mutex_lock (&eng.lock);
+  if (eng.state == SNAP_ACTIVE)
+    break_snapshot_locked (why);
+  pthread_mutex_unlock (&eng.lock);
 }

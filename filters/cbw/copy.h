@@ -30,6 +30,14 @@ extern int copy_before_write_locked (nbdkit_next *next, uint64_t first,
  */
 extern bool copy_wait_range_locked (uint64_t first, uint64_t end);
 
+/* Break the snapshot (WHY, a string constant, is the reason shown in
+ * status): every later snapshot read fails with EIO.  Also used when
+ * the store fails it (snap_store_failed) and when a PIT finds no
+ * store.
+ */
+extern void break_snapshot_locked (const char *why)
+  __attribute__ ((__nonnull__ (1)));
+
 /* Wait until no copy is in flight. */
 extern void copy_wait_all_locked (void);
 

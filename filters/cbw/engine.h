@@ -50,9 +50,11 @@ struct engine {
   uint64_t generation;          /* PITs taken so far */
 
   /* The snapshot is broken: every read fails with EIO until it
-   * ends.  Set once by the copy module, reported once.
+   * ends.  Set once by the copy module (break_snapshot_locked),
+   * reported once, with the reason (a string constant) in broken_why.
    */
   bool broken;
+  const char *broken_why;
 
   uint64_t copies_inflight;     /* clusters in state COPYING */
 

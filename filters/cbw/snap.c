@@ -222,12 +222,22 @@ snap_write_end (void)
 static void
 take_pit_locked (void)
 {
+  bool store_ok;
+
   assert (eng.state == SNAP_NONE && !taking_pit);
 
-  /* The wait below drops the lock: 'taking_pit' keeps other openers
+  /* The waits below drop the lock: 'taking_pit' keeps other openers
    * in snap_open from taking a second PIT meanwhile.
    */
   taking_pit = true;
+
+  /* A store lost since the last snapshot is replaced now, before
+   * writes are held (it may take a while).  Nothing uses the store.
+   */
+  pthread_mutex_unlock (&eng.lock);
+  store_ok = store_prepare () == 0;
+  pthread_mutex_lock (&eng.lock);
+
   hold_writes++;
   while (writes_inflight > 0)
     pthread_cond_wait (&writes_drained, &eng.lock);
@@ -236,8 +246,12 @@ take_pit_locked (void)
   eng.state = SNAP_ACTIVE;
   eng.generation++;
   eng.broken = false;
+  eng.broken_why = NULL;
   eng.preserved_bytes = eng.copied_bytes = 0;
   eng.released_bytes = eng.cbw_failures = 0;
+  if (!store_ok)
+    break_snapshot_locked ("no fleece store: it was lost and a fresh "
+                           "one could not be made");
 
   if (--hold_writes == 0)
     pthread_cond_broadcast (&writes_resumed);
@@ -788,7 +802,7 @@ snap_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
 void
 snap_status_json (char *buf, size_t len)
 {
-  char ram[512];
+  char ram[1024];
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&eng.lock);
 
   store_status_json (ram, sizeof ram);
@@ -798,12 +812,15 @@ snap_status_json (char *buf, size_t len)
             "\"cluster_size\":%" PRIu32 ",\"disk_size\":%" PRIu64 ","
             "\"preserved_bytes\":%" PRIu64 ",\"copied_bytes\":%" PRIu64 ","
             "\"released_bytes\":%" PRIu64 ",\"cbw_failures\":%" PRIu64 ","
-            "\"broken\":%s,\"snapshot_contexts\":%u,"
+            "\"broken\":%s,\"broken_reason\":%s%s%s,"
+            "\"snapshot_contexts\":%u,"
             "\"store_allocated_bytes\":%" PRIi64 ",%s}",
             CBW_STATUS_VERSION, state_name_locked (), eng.generation,
             cbw_cluster_size,
             eng.disk_size, eng.preserved_bytes, eng.copied_bytes,
             eng.released_bytes, eng.cbw_failures,
-            eng.broken ? "true" : "false", contexts,
+            eng.broken ? "true" : "false",
+            eng.broken_why ? "\"" : "", eng.broken_why ?: "null",
+            eng.broken_why ? "\"" : "", contexts,
             store_allocated_bytes (), ram);
 }

@@ -71,6 +71,15 @@ extern int snap_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
                          int *err)
   __attribute__ ((__nonnull__ (1, 5, 6)));
 
+/* Called by the store (store.c) when it can no longer keep the
+ * current snapshot's data: the store was lost, or preserving more
+ * would pass cbw-store-limit.  Breaks the active snapshot, whatever
+ * cbw-on-error says, with WHY as the reason in status; writers go on.
+ * No effect without an active snapshot.  Takes the engine lock.
+ */
+extern void snap_store_failed (const char *why)
+  __attribute__ ((__nonnull__ (1)));
+
 /* One line of JSON describing the engine, into BUF of LEN bytes. */
 extern void snap_status_json (char *buf, size_t len)
   __attribute__ ((__nonnull__ (1)));

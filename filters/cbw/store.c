@@ -7,552 +7,676 @@
  * so the store needs no index of its own and a sparse qcow2 of the
  * disk's size costs only what is preserved.
  *
- * By default cbw creates that qcow2 (cbw-image=FILE, or a new file in
- * $TMPDIR) and serves it with a qemu-nbd child started by libnbd via
- * systemd socket activation:
+ * This file is the store's interface to the engine (store.h): its
+ * configuration, the I/O, the link state, the size bound, the status.
+ * Behind it, one NBD connection (common/nbdconn.c), to one of:
  *
- *   qemu-nbd --image-opts --discard=unmap --detect-zeroes=unmap
- *            --cache=unsafe driver=qcow2,file.filename=FILE,l2-cache-size=4M
+ *   - a qcow2 served by a qemu-nbd child (the default): the image and
+ *     the process are managed by store-qemu.c;
+ *   - an existing NBD server, cbw-store=URI.
  *
- * --discard=unmap makes our TRIMs free space in the file;
- * --detect-zeroes=unmap stores zero clusters without data;
- * --cache=unsafe because the store is scratch space: it is worthless
- * after a crash (the snapshot is gone), so flushing it buys nothing;
- * l2-cache-size=4M because qemu's default L2 cache grows with the
- * disk's size (tens of MiB at 1 TiB) and ours is a scratch image read
- * mostly once.
- *
- * qemu-nbd locks the image, so there is exactly one connection, shared
- * by all threads (common/nbdconn.c).  qemu-nbd exits when that
- * connection closes, including when nbdkit dies.
+ * qemu-nbd locks the image, so there is exactly one connection,
+ * shared by all threads.
  *
  * The RAM tier: with cbw-ram=SIZE, the ramcache engine (from
  * filters/ramcache, the same code as the ramcache filter) sits
- * between cbw and the qcow2.  A copy-before-write then costs a memory
- * copy, snapshot reads of fresh copies come from RAM, and clusters the
- * backup releases before they are written back never reach the disk.
- * Its blocks are our clusters.  Without it, the calls below go to the
- * NBD connection directly.
+ * between cbw and the connection.  A copy-before-write then costs a
+ * memory copy, snapshot reads of fresh copies come from RAM, and
+ * clusters the backup releases before they are written back never
+ * reach the disk.  Its blocks are our clusters.  Without it, the calls
+ * below go to the NBD connection directly.
  *
- * Files: cbw never overwrites a file it did not create.  The name is
- * reserved with O_CREAT|O_EXCL once nbdkit has forked, and only a
- * file we created is removed at exit (unless cbw-keep-image=true):
- * at .unload, or by store_exit_cleanup when nbdkit exits without
- * unloading us.
+ * Losing the store
+ * ================
+ * The link is UP from store_open on.  When the connection dies (the
+ * qemu-nbd child exited or was killed, the cbw-store server went
+ * away), the first request to notice it, or the status export, marks
+ * the link DOWN and tells the engine (snap_store_failed), which
+ * breaks the current snapshot: its preserved data is gone.  From then
+ * on store requests fail with EIO at once, without trying the dead
+ * connection.  When no snapshot needs the store any more (store_wipe
+ * at the end of a snapshot, store_prepare before the next point in
+ * time) a DOWN store is replaced: the RAM tier and the connection are
+ * freed (the tier's data belonged to the lost store), the old image
+ * removed, and a fresh store made the way store_open made the first
+ * (RESTARTING meanwhile).  If that fails, the link stays DOWN, the
+ * new snapshot starts broken, and the next one tries again.
+ *
+ * Wiping: at the end of a snapshot the store is emptied by TRIM.
+ * Trimming the whole disk costs one request per GiB (1 PiB: a million
+ * requests, minutes), whatever was preserved; so the store remembers
+ * which GiB chunks it wrote to since the last wipe ('touched') and
+ * trims only those.
+ *
+ * The bound: with cbw-store-limit=SIZE, a write that would take the
+ * bytes preserved for the current snapshot past SIZE is refused with
+ * ENOSPC after breaking the snapshot (snap_store_failed): the writer
+ * goes on, the backup fails.
  */
 
 #include <config.h>
 
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
+
+#include <pthread.h>
 
 #include <libnbd.h>
 #include <nbdkit-filter.h>
 
+#include "bitmap.h"
 #include "cleanup.h"
 #include "nbdconn.h"
 #include "params.h"
 #include "ramcache-engine.h"
 #include "rounding.h"
+#include "snap.h"
 #include "store.h"
-
-extern char **environ;
+#include "store-qemu.h"
 
 /* Parameters. */
-static char *image;                     /* cbw-image, absolute */
 static const char *store_uri;           /* cbw-store */
-static bool keep_image;                 /* cbw-keep-image */
-static char *qemu_nbd;                  /* cbw-qemu-nbd, NULL: default */
-static char *qemu_img;                  /* cbw-qemu-img, NULL: default */
 static uint64_t ram_limit;              /* cbw-ram, 0 = no RAM tier */
+static uint64_t store_limit;            /* cbw-store-limit, 0 = none */
 
-/* True once we created the image file, so it is ours to remove. */
-static bool created_image;
-
-/* The socket libnbd made for qemu-nbd (socket activation), in a
- * directory of its own, or "".  libnbd removes both in nbd_close; we
- * only need it when nbdkit exits without unloading us.
- */
-static char sact_path[sizeof ((struct sockaddr_un *) 0)->sun_path];
-
-/* The connection to the store, from store_open on. */
-static struct nbdconn *conn;
-
-/* The size of the live disk, which is what we use of the store (a
- * qcow2 is rounded up to 512 bytes; a cbw-store may be larger).
+/* Set by store_open and never changed.  disk_size is what we use of
+ * the store (a qcow2 is rounded up to 512 bytes; a cbw-store may be
+ * larger).
  */
 static uint64_t disk_size;
+static uint32_t cluster_size;
 
-/* The RAM tier in front of it, if cbw-ram was given. */
+/* The current store: the connection and the RAM tier in front of it
+ * (if cbw-ram was given).  They are replaced only by renew(), which
+ * runs only while no snapshot is active and no store request is in
+ * flight (the engine's promise, see store.h); the data paths read
+ * them without a lock.  They are written under 'lock' so that the
+ * status readers, which run at any time, see them whole.
+ */
+static struct nbdconn *conn;
 static struct ramcache *ram;
 
-/* A program parameter: a name looked up on $PATH, or a path, made
- * absolute now because a daemonised nbdkit changes directory to /
- * before the program is started.  Returns 1, or -1 on error.
+/* The unit of 'touched', and the size of a wipe's TRIM requests:
+ * NBD requests are at most 4 GiB - 1, and 1 GiB keeps alignment.
  */
-static int
-program_param (const char *value, char **prog)
+#define WIPE_CHUNK (UINT64_C (1) << 30)
+
+/* The link to the store, as shown in status. */
+enum link_state { LINK_UP, LINK_DOWN, LINK_RESTARTING };
+
+/* 'lock' guards the link state, the counters below it, and the
+ * writes of conn and ram.  Never held across store I/O or calls into
+ * the engine.  The engine's lock may be held when it is taken (the
+ * status), never the other way round.
+ */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static enum link_state link_state = LINK_UP;
+static uint64_t restarts;               /* fresh stores made */
+static char last_error[160];            /* "" if none */
+static uint64_t use_bytes;              /* preserved for this snapshot */
+static uint64_t peak_bytes;             /* most of it this snapshot */
+static bool warned_use;                 /* logged the 80 % line */
+/* A set bit: chunk i (bytes [i, i+1) * WIPE_CHUNK) was written to
+ * since the last wipe.
+ */
+static struct bitmap touched;
+
+/* Store request to a DOWN store: fail at once, quietly. */
+static bool
+link_down (int *err)
 {
-  free (*prog);
-  *prog = strchr (value, '/') ? nbdkit_absolute_path (value)
-                              : strdup (value);
-  if (*prog == NULL) {
-    nbdkit_error ("cbw: %s: %m", value);
-    return -1;
-  }
-  return 1;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  if (link_state == LINK_UP)
+    return false;
+  *err = EIO;
+  return true;
 }
 
+/* The link is lost (WHY): mark it DOWN and break the snapshot.  Only
+ * the first caller does anything.
+ */
+static void
+lost (const char *why)
+{
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    if (link_state != LINK_UP)
+      return;
+    link_state = LINK_DOWN;
+    snprintf (last_error, sizeof last_error, "%s", why);
+  }
+  nbdkit_error ("cbw: the fleece store is lost (%s): the current "
+                "snapshot breaks, the next one gets a fresh store", why);
+  snap_store_failed ("the fleece store was lost");
+}
+
+/* The connection to the store died. */
+static void
+conn_lost (void)
+{
+  lost (store_uri ? "connection to cbw-store lost"
+                  : "connection to qemu-nbd lost (did it exit?)");
+}
+
+/* After a request on C failed: was it because the connection died?
+ * The handle says so before our reader thread does: libnbd fails the
+ * commands of a dropped connection once it has marked it dead.
+ */
+static void
+check_conn (struct nbdconn *c)
+{
+  struct nbd_handle *h = nbdconn_handle (c);
+
+  if (nbdconn_is_dead (c) || nbd_aio_is_dead (h) || nbd_aio_is_closed (h))
+    conn_lost ();
+}
+
+/* Notice a store that died while idle. */
+void
+store_poll (void)
+{
+  bool dead;
+
+  /* Under the lock: renew may be closing the connection. */
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    dead = link_state == LINK_UP && conn && nbdconn_is_dead (conn);
+  }
+  if (dead)
+    conn_lost ();
+}
+
+/* A store parameter?  See store.h. */
 int
 store_config (const char *key, const char *value)
 {
-  if (strcmp (key, "cbw-image") == 0) {
-    free (image);
-    image = nbdkit_absolute_path (value);
-    if (image == NULL)
-      return -1;
-    return 1;
-  }
+  int64_t n;
+
   if (strcmp (key, "cbw-store") == 0) {
     store_uri = value;
     return 1;
   }
-  if (strcmp (key, "cbw-keep-image") == 0) {
-    if (param_bool ("cbw", key, value, &keep_image) == -1)
-      return -1;
-    return 1;
-  }
   if (strcmp (key, "cbw-ram") == 0) {
-    int64_t n;
-
     if (param_size ("cbw", key, value, &n) == -1)
       return -1;
     ram_limit = n;
     return 1;
   }
-  if (strcmp (key, "cbw-qemu-nbd") == 0)
-    return program_param (value, &qemu_nbd);
-  if (strcmp (key, "cbw-qemu-img") == 0)
-    return program_param (value, &qemu_img);
-  return 0;
+  if (strcmp (key, "cbw-store-limit") == 0) {
+    if (param_size ("cbw", key, value, &n) == -1)
+      return -1;
+    if (n == 0) {
+      nbdkit_error ("cbw: cbw-store-limit=%s: must be more than 0 "
+                    "(leave it out for no limit)", value);
+      return -1;
+    }
+    store_limit = n;
+    return 1;
+  }
+  return qemu_store_config (key, value);
 }
 
+/* The machine's RAM in bytes, or 0 if unknown. */
+static uint64_t
+physical_memory (void)
+{
+  long pages = sysconf (_SC_PHYS_PAGES);
+  long page_size = sysconf (_SC_PAGESIZE);
+
+  if (pages <= 0 || page_size <= 0)
+    return 0;
+  return (uint64_t) pages * page_size;
+}
+
+/* Cross-checks, before nbdkit forks. */
 int
 store_config_complete (void)
 {
-  struct stat st;
+  uint64_t mem;
 
-  if ((qemu_nbd == NULL && (qemu_nbd = strdup ("qemu-nbd")) == NULL) ||
-      (qemu_img == NULL && (qemu_img = strdup ("qemu-img")) == NULL)) {
-    nbdkit_error ("strdup: %m");
+  if (qemu_store_config_complete (store_uri != NULL) == -1)
     return -1;
-  }
-
-  if (image && store_uri) {
-    nbdkit_error ("cbw: cbw-image and cbw-store cannot be used together");
-    return -1;
-  }
-  if (store_uri && keep_image) {
-    nbdkit_error ("cbw: cbw-keep-image applies to cbw-image, "
-                  "not to cbw-store");
-    return -1;
-  }
-  if (image && lstat (image, &st) == 0) {
-    nbdkit_error ("cbw: cbw-image=%s already exists; cbw never "
-                  "overwrites a file it did not create: remove it "
-                  "or name a new file", image);
+  /* Checked here, before nbdkit forks, so that a daemonised nbdkit
+   * still exits with the message.
+   */
+  mem = physical_memory ();
+  if (mem > 0 && ram_limit > mem) {
+    nbdkit_error ("cbw: cbw-ram=%" PRIu64 " is more than this "
+                  "machine's memory (%" PRIu64 " bytes)", ram_limit, mem);
     return -1;
   }
   return 0;
 }
 
-/* Is PROG runnable: a path to an executable, or a name on $PATH? */
-static bool
-program_exists (const char *prog)
+/* cbw-store=URI: connect to it once to check that it is there, then
+ * hang up (the real connection is made after the fork).
+ */
+static int
+probe_uri (void)
 {
-  const char *path, *p, *end;
-  char buf[4096];
+  struct nbd_handle *h = nbd_create ();
+  int r = -1;
 
-  if (strchr (prog, '/'))
-    return access (prog, X_OK) == 0;
-  path = getenv ("PATH");
-  if (path == NULL)
-    path = "/usr/bin:/bin";
-  for (p = path; *p; p = *end ? end + 1 : end) {
-    end = strchrnul (p, ':');
-    if (snprintf (buf, sizeof buf, "%.*s/%s",
-                  (int) (end - p), p, prog) < (int) sizeof buf &&
-        access (buf, X_OK) == 0)
-      return true;
+  if (h == NULL) {
+    nbdkit_error ("cbw: nbd_create: %s", nbd_get_error ());
+    return -1;
   }
-  return false;
+  if (nbd_connect_uri (h, store_uri) == -1)
+    nbdkit_error ("cbw: cbw-store=%s: cannot connect: %s",
+                  store_uri, nbd_get_error ());
+  else if (nbd_is_read_only (h) == 1)
+    nbdkit_error ("cbw: cbw-store=%s is read-only", store_uri);
+  else
+    r = 0;
+  nbd_close (h);
+  return r;
 }
 
-/* Remove the image we created, unless it is to be kept. */
-static void
-remove_image (void)
-{
-  if (created_image && !keep_image) {
-    if (unlink (image) == -1 && errno != ENOENT)
-      nbdkit_debug ("cbw: cannot remove %s: %m", image);
-  }
-  created_image = false;
-}
-
+/* Checks that need the outside world, before nbdkit forks. */
 int
 store_get_ready (void)
 {
   if (store_uri)
-    return 0;
-
-  if (!program_exists (qemu_nbd)) {
-    nbdkit_error ("cbw: %s not found: the fleece image is served by "
-                  "qemu-nbd (Debian package qemu-utils); install it or "
-                  "set cbw-qemu-nbd=PATH", qemu_nbd);
-    return -1;
-  }
-  if (!program_exists (qemu_img)) {
-    nbdkit_error ("cbw: %s not found: the fleece image is created by "
-                  "qemu-img (Debian package qemu-utils); install it or "
-                  "set cbw-qemu-img=PATH", qemu_img);
-    return -1;
-  }
-  return 0;
+    return probe_uri ();
+  return qemu_store_get_ready ();
 }
 
-/* Reserve the image's name with O_EXCL, so that it is ours.  Done
- * after nbdkit has forked and bound its sockets: from then on nbdkit
- * either serves and unloads us at exit (store_close removes the
- * image), or fails in store_open, which removes it itself.
+/* The store below the RAM tier: the NBD connection OPAQUE.  (The
+ * tier's writer threads use it, so it is passed, not read from the
+ * global.)
  */
-static int
-reserve_image (void)
-{
-  int fd;
-
-  if (image) {
-    fd = open (image, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd == -1) {
-      if (errno == EEXIST)
-        nbdkit_error ("cbw: cbw-image=%s already exists; cbw never "
-                      "overwrites a file it did not create", image);
-      else
-        nbdkit_error ("cbw: cannot create cbw-image=%s: %m", image);
-      return -1;
-    }
-  }
-  else {
-    const char *tmpdir = getenv ("TMPDIR") ?: "/var/tmp";
-
-    if (asprintf (&image, "%s/nbdkit-cbw-XXXXXX.qcow2", tmpdir) == -1) {
-      nbdkit_error ("asprintf: %m");
-      return -1;
-    }
-    fd = mkostemps (image, strlen (".qcow2"), O_CLOEXEC);
-    if (fd == -1) {
-      nbdkit_error ("cbw: cannot create a fleece image in %s: %m "
-                    "(set TMPDIR or cbw-image=FILE)", tmpdir);
-      return -1;
-    }
-  }
-  close (fd);
-  created_image = true;
-  nbdkit_debug ("cbw: fleece image %s", image);
-  return 0;
-}
-
-/* qemu's --image-opts string for the qcow2 at PATH.  A comma in an
- * option value is written twice.
- */
-static char *
-image_options (const char *path)
-{
-  const char *prefix = "driver=qcow2,file.filename=";
-  const char *suffix = ",l2-cache-size=4M";
-  char *ret, *p;
-
-  ret = malloc (strlen (prefix) + 2 * strlen (path) + strlen (suffix) + 1);
-  if (ret == NULL) {
-    nbdkit_error ("malloc: %m");
-    return NULL;
-  }
-  p = stpcpy (ret, prefix);
-  for (; *path; path++) {
-    if (*path == ',')
-      *p++ = ',';
-    *p++ = *path;
-  }
-  strcpy (p, suffix);
-  return ret;
-}
-
-/* Run ARGV, wait for it, and fail unless it exits with 0. */
-static int
-run_command (char **argv)
-{
-  pid_t pid;
-  int r, status;
-
-  r = posix_spawnp (&pid, argv[0], NULL, NULL, argv, environ);
-  if (r != 0) {
-    errno = r;
-    nbdkit_error ("cbw: cannot run %s: %m", argv[0]);
-    return -1;
-  }
-  while (waitpid (pid, &status, 0) == -1) {
-    if (errno != EINTR) {
-      nbdkit_error ("cbw: waitpid: %m");
-      return -1;
-    }
-  }
-  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
-    nbdkit_error ("cbw: %s failed (status 0x%x)", argv[0], status);
-    return -1;
-  }
-  return 0;
-}
-
-/* The store below the RAM tier: the NBD connection. */
 static int
 below_pread (void *opaque, void *buf, uint32_t count, uint64_t offset,
              int *err)
 {
-  return nbdconn_pread (conn, buf, count, offset, 0, err);
+  struct nbdconn *c = opaque;
+
+  if (link_down (err))
+    return -1;
+  if (nbdconn_pread (c, buf, count, offset, 0, err) == -1) {
+    check_conn (c);
+    return -1;
+  }
+  return 0;
 }
 
+/* Write below. */
 static int
 below_pwrite (void *opaque, const void *buf, uint32_t count,
               uint64_t offset, int *err)
 {
-  return nbdconn_pwrite (conn, buf, count, offset, 0, err);
-}
+  struct nbdconn *c = opaque;
 
-static int
-below_trim (void *opaque, uint32_t count, uint64_t offset, int *err)
-{
-  if (nbd_can_trim (nbdconn_handle (conn)) != 1)
-    return 0;
-  return nbdconn_trim (conn, count, offset, 0, err);
-}
-
-/* Note where libnbd put qemu-nbd's socket: the address our
- * connection is connected to.
- */
-static void
-remember_sact_path (void)
-{
-  struct sockaddr_un addr;
-  socklen_t len = sizeof addr;
-  int fd = nbd_aio_get_fd (nbdconn_handle (conn));
-
-  memset (&addr, 0, sizeof addr);
-  if (fd >= 0 &&
-      getpeername (fd, (struct sockaddr *) &addr, &len) == 0 &&
-      addr.sun_family == AF_UNIX && addr.sun_path[0] == '/')
-    memcpy (sact_path, addr.sun_path, sizeof sact_path - 1);
-}
-
-/* When nbdkit fails after our .after_fork (a filter above refuses
- * to start, say), it exits without calling .unload.  This destructor
- * still runs then, at exit, and removes the image we created and
- * libnbd's socket directory; qemu-nbd exits by itself when our
- * connection closes.  After a normal .unload there is nothing left
- * for it to do.  (Not atexit: a handler registered from a shared
- * object that nbdkit unloads would be called after the unload.)
- */
-static void __attribute__ ((destructor))
-store_exit_cleanup (void)
-{
-  char *slash;
-
-  remove_image ();
-  if (sact_path[0]) {
-    unlink (sact_path);
-    slash = strrchr (sact_path, '/');
-    if (slash && slash != sact_path) {
-      *slash = '\0';
-      rmdir (sact_path);
-    }
-    sact_path[0] = '\0';
+  if (link_down (err))
+    return -1;
+  if (nbdconn_pwrite (c, buf, count, offset, 0, err) == -1) {
+    check_conn (c);
+    return -1;
   }
-}
-
-/* Create the qcow2 at 'image' (already reserved) and connect to a
- * qemu-nbd serving it.
- */
-static int
-start_qemu_nbd (uint64_t size, uint32_t cluster_size)
-{
-  char opts[64], sizestr[32];
-  CLEANUP_FREE char *image_opts = NULL;
-  /* qcow2 clusters are 512 bytes to 2 MiB.  Matching our cluster
-   * size lets a TRIM of one cluster free its space.
-   */
-  uint32_t qcow2_cluster = MIN (MAX (cluster_size, 512u), 2u << 20);
-  char *img_argv[] = { qemu_img, "create", "-q", "-f", "qcow2",
-                       "-o", opts, image, sizestr, NULL };
-  char *nbd_argv[] = { qemu_nbd, "--image-opts",
-                       "--discard=unmap", "--detect-zeroes=unmap",
-                       "--cache=unsafe", NULL, NULL };
-
-  assert (image != NULL);
-  snprintf (opts, sizeof opts, "cluster_size=%" PRIu32, qcow2_cluster);
-  snprintf (sizestr, sizeof sizestr, "%" PRIu64, size);
-  image_opts = image_options (image);
-  if (image_opts == NULL)
-    return -1;
-  nbd_argv[5] = image_opts;
-  if (run_command (img_argv) == -1 ||
-      nbdconn_connect_argv (conn, nbd_argv) == -1)
-    return -1;
-  remember_sact_path ();
   return 0;
 }
 
+/* Trim below, if the server can. */
 static int
-open_store (uint64_t size, uint32_t cluster_size)
+below_trim (void *opaque, uint32_t count, uint64_t offset, int *err)
 {
-  const struct ramcache_below below = {
-    .pread = below_pread, .pwrite = below_pwrite, .trim = below_trim,
-  };
-  int64_t store_size;
+  struct nbdconn *c = opaque;
 
-  disk_size = size;
-  conn = nbdconn_new ("cbw: fleece store");
-  if (conn == NULL)
+  if (link_down (err))
     return -1;
-
-  if (store_uri) {
-    if (nbdconn_connect_uri (conn, store_uri) == -1)
-      return -1;
+  if (nbd_can_trim (nbdconn_handle (c)) != 1)
+    return 0;
+  if (nbdconn_trim (c, count, offset, 0, err) == -1) {
+    check_conn (c);
+    return -1;
   }
-  else if (reserve_image () == -1 ||
-           start_qemu_nbd (size, cluster_size) == -1)
-    return -1;
+  return 0;
+}
 
-  store_size = nbd_get_size (nbdconn_handle (conn));
+/* Check what the server behind C offers. */
+static int
+check_store (struct nbdconn *c)
+{
+  int64_t store_size = nbd_get_size (nbdconn_handle (c));
+
   if (store_size == -1) {
     nbdkit_error ("cbw: fleece store: cannot get size: %s",
                   nbd_get_error ());
     return -1;
   }
-  if ((uint64_t) store_size < size) {
+  if ((uint64_t) store_size < disk_size) {
     nbdkit_error ("cbw: fleece store is %" PRIi64 " bytes, smaller than "
-                  "the live disk (%" PRIu64 " bytes)", store_size, size);
+                  "the live disk (%" PRIu64 " bytes)", store_size, disk_size);
     return -1;
   }
-  if (nbd_is_read_only (nbdconn_handle (conn)) == 1) {
+  if (nbd_is_read_only (nbdconn_handle (c)) == 1) {
     nbdkit_error ("cbw: fleece store is read-only");
     return -1;
   }
-  if (nbd_can_trim (nbdconn_handle (conn)) != 1)
+  if (nbd_can_trim (nbdconn_handle (c)) != 1)
     nbdkit_debug ("cbw: fleece store cannot trim: released clusters "
                   "will not free space");
+  return 0;
+}
 
-  if (nbdconn_start (conn) == -1)
+/* Make a store: connect (creating the image and qemu-nbd first if it
+ * is ours), check it, and put the RAM tier in front.  On success
+ * *CONNP and *RAMP are set; on failure nothing is left behind.
+ */
+static int
+make_store (struct nbdconn **connp, struct ramcache **ramp)
+{
+  struct ramcache_below below = {
+    .pread = below_pread, .pwrite = below_pwrite, .trim = below_trim,
+  };
+  struct nbdconn *c;
+  struct ramcache *r = NULL;
+
+  c = nbdconn_new ("cbw: fleece store");
+  if (c == NULL)
     return -1;
+  below.opaque = c;
+  if (store_uri) {
+    if (nbdconn_connect_uri (c, store_uri) == -1)
+      goto err;
+  }
+  else if (qemu_store_create (disk_size, cluster_size, c) == -1)
+    goto err;
+  if (check_store (c) == -1 || nbdconn_start (c) == -1)
+    goto err;
 
   if (ram_limit > 0) {
-    ram = ramcache_new (ram_limit, cluster_size, size, &below);
-    if (ram == NULL || ramcache_start (ram) == -1)
-      return -1;
+    r = ramcache_new (ram_limit, cluster_size, disk_size, &below);
+    if (r == NULL || ramcache_start (r) == -1)
+      goto err;
     nbdkit_debug ("cbw: RAM tier of %" PRIu64 " bytes in front of the "
                   "fleece store", ram_limit);
   }
+  *connp = c;
+  *ramp = r;
+  return 0;
+
+ err:
+  ramcache_free (r);
+  nbdconn_close (c);
+  if (!store_uri) {
+    qemu_store_disconnected ();
+    qemu_store_remove (false);
+  }
+  return -1;
+}
+
+/* Free the current store (the tier first: its writers use the
+ * connection).  Its data is lost.
+ */
+static void
+free_store (void)
+{
+  struct nbdconn *c;
+  struct ramcache *r;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    r = ram;
+    ram = NULL;
+  }
+  if (r) {
+    ramcache_debug_stats (r, "cbw: RAM tier");
+    ramcache_free (r);
+  }
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    c = conn;
+    conn = NULL;
+  }
+  nbdconn_close (c);
+  if (!store_uri)
+    qemu_store_disconnected ();
+}
+
+/* The first store, after the fork. */
+int
+store_open (uint64_t size, uint32_t clsize)
+{
+  struct nbdconn *c;
+  struct ramcache *r;
+
+  disk_size = size;
+  cluster_size = clsize;
+  if (bitmap_init (&touched, 1,
+                   (size + WIPE_CHUNK - 1) / WIPE_CHUNK) == -1) {
+    nbdkit_error ("cbw: cannot allocate the store's chunk map: %m");
+    return -1;
+  }
+  /* The first store is a condition of serving: nbdkit exits if it
+   * cannot be made.
+   */
+  if (make_store (&c, &r) == -1)
+    return -1;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  conn = c;
+  ram = r;
+  link_state = LINK_UP;
   return 0;
 }
 
-int
-store_open (uint64_t size, uint32_t cluster_size)
+/* Replace a lost store by a fresh one.  No snapshot is active and no
+ * store request in flight.  Returns 0, or -1 (still DOWN).
+ */
+static int
+renew (void)
 {
-  if (open_store (size, cluster_size) == -1) {
-    /* nbdkit will exit: leave no image behind. */
-    remove_image ();
+  struct nbdconn *c;
+  struct ramcache *r;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    assert (link_state == LINK_DOWN);
+    link_state = LINK_RESTARTING;
+  }
+  free_store ();
+  if (!store_uri)
+    qemu_store_remove (false);
+  nbdkit_debug ("cbw: making a fresh fleece store");
+
+  if (make_store (&c, &r) == -1) {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    link_state = LINK_DOWN;
+    snprintf (last_error, sizeof last_error, "%s",
+              store_uri ? "cannot reconnect to cbw-store"
+                        : "cannot start a fresh qemu-nbd store");
     return -1;
+  }
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  conn = c;
+  ram = r;
+  link_state = LINK_UP;
+  restarts++;
+  use_bytes = 0;
+  bitmap_fill (&touched, 0);
+  nbdkit_debug ("cbw: fresh fleece store up (restart %" PRIu64 ")",
+                restarts);
+  return 0;
+}
+
+/* The current link state. */
+static enum link_state
+current_link (void)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  return link_state;
+}
+
+/* Before a point in time: a lost store is replaced. */
+int
+store_prepare (void)
+{
+  store_poll ();
+  if (current_link () == LINK_DOWN && renew () == -1)
+    return -1;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    peak_bytes = use_bytes;
+    warned_use = false;
   }
   return 0;
 }
 
+/* At unload: free the store, remove the image unless kept. */
 void
 store_close (void)
 {
-  if (ram) {
-    ramcache_debug_stats (ram, "cbw: RAM tier");
-    ramcache_free (ram);
-    ram = NULL;
-  }
-  nbdconn_close (conn);
-  conn = NULL;
-  sact_path[0] = '\0';           /* nbd_close removed it */
-  remove_image ();
-  free (image);
-  free (qemu_nbd);
-  free (qemu_img);
-  image = qemu_nbd = qemu_img = NULL;
+  free_store ();
+  if (!store_uri)
+    qemu_store_remove (true);
+  qemu_store_free ();
+  bitmap_free (&touched);
 }
 
+/* Read preserved data. */
 int
 store_read (void *buf, uint32_t count, uint64_t offset, int *err)
 {
   if (ram)
     return ramcache_pread (ram, buf, count, offset, err);
-  return nbdconn_pread (conn, buf, count, offset, 0, err);
+  return below_pread (conn, buf, count, offset, err);
 }
 
+/* Count COUNT more bytes preserved, unless that passes the limit.
+ * Returns 0, or -1 (the limit) with *err = ENOSPC after breaking the
+ * snapshot.  Logs once a snapshot when use passes 80 % of the limit.
+ */
+static int
+use_more (uint32_t count, int *err)
+{
+  uint64_t use;
+  bool warn = false, refuse = false;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    if (store_limit > 0 && use_bytes + count > store_limit)
+      refuse = true;
+    else {
+      use_bytes += count;
+      peak_bytes = MAX (peak_bytes, use_bytes);
+      if (store_limit > 0 && !warned_use &&
+          use_bytes > store_limit / 5 * 4)
+        warn = warned_use = true;
+    }
+    use = use_bytes;
+  }
+  if (warn)
+    nbdkit_error ("cbw: warning: the fleece store holds %" PRIu64
+                  " bytes, over 80%% of cbw-store-limit=%" PRIu64
+                  "; past the limit the snapshot breaks",
+                  use, store_limit);
+  if (!refuse)
+    return 0;
+  nbdkit_error ("cbw: preserving %" PRIu32 " more bytes would take the "
+                "fleece store past cbw-store-limit=%" PRIu64 ": the "
+                "snapshot breaks, the writer goes on", count, store_limit);
+  snap_store_failed ("the fleece store reached cbw-store-limit");
+  *err = ENOSPC;
+  return -1;
+}
+
+/* Note that [offset, offset+count) of the store is written to. */
+static void
+touch (uint32_t count, uint64_t offset)
+{
+  uint64_t i;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  assert (count > 0);
+  for (i = offset / WIPE_CHUNK; i <= (offset + count - 1) / WIPE_CHUNK; ++i)
+    bitmap_set (&touched, i, 1);
+}
+
+/* Take the first touched chunk at or after *I off the map: returns
+ * true and sets *I, or false if there is none.
+ */
+static bool
+next_touched (uint64_t *i)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  for (; *i < touched.nblocks; ++*i)
+    if (bitmap_get (&touched, *i)) {
+      bitmap_set (&touched, *i, 0);
+      return true;
+    }
+  return false;
+}
+
+/* Count COUNT bytes no longer preserved. */
+static void
+use_less (uint64_t count)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+  use_bytes -= MIN (use_bytes, count);
+}
+
+/* Preserve data (see store.h). */
 int
 store_write_owned (void *buf, uint32_t count, uint64_t offset,
                    const struct timespec *deadline, int *err)
 {
+  int r;
+
+  if (use_more (count, err) == -1) {
+    free (buf);
+    return -1;
+  }
+  touch (count, offset);
   if (ram) {
     /* Into RAM; only a full tier makes this wait, and the deadline
      * bounds that wait.
      */
-    int r = deadline ?
+    r = deadline ?
       ramcache_pwrite_deadline (ram, buf, count, offset, deadline, err) :
       ramcache_pwrite (ram, buf, count, offset, err);
     free (buf);
-    return r;
   }
-  if (deadline)
-    return nbdconn_pwrite_owned_deadline (conn, buf, count, offset, 0,
-                                          deadline, err);
-  else {
-    int r = nbdconn_pwrite (conn, buf, count, offset, 0, err);
+  else if (link_down (err)) {
     free (buf);
-    return r;
+    r = -1;
   }
+  else {
+    if (deadline)
+      r = nbdconn_pwrite_owned_deadline (conn, buf, count, offset, 0,
+                                         deadline, err);
+    else {
+      r = nbdconn_pwrite (conn, buf, count, offset, 0, err);
+      free (buf);
+    }
+    if (r == -1)
+      check_conn (conn);
+  }
+  /* A failed copy is undone by the engine: not preserved. */
+  if (r == -1)
+    use_less (count);
+  return r;
 }
 
-int
-store_trim (uint64_t count, uint64_t offset, int *err)
+/* Trim [offset, offset+count) in pieces an NBD request can take. */
+static int
+trim_range (uint64_t count, uint64_t offset, int *err)
 {
-  /* NBD requests are at most 4 GiB - 1; 1 GiB pieces keep
-   * alignment.
-   */
-  const uint64_t piece = UINT64_C (1) << 30;
-
-  if (!ram && nbd_can_trim (nbdconn_handle (conn)) != 1)
-    return 0;
   while (count > 0) {
-    uint32_t n = MIN (count, piece);
+    uint32_t n = MIN (count, WIPE_CHUNK);
 
     if (ram) {
       if (ramcache_trim (ram, n, offset, err) == -1)
         return -1;
     }
-    else if (nbdconn_trim (conn, n, offset, 0, err) == -1)
+    else if (below_trim (conn, n, offset, err) == -1)
       return -1;
     count -= n;
     offset += n;
@@ -560,6 +684,15 @@ store_trim (uint64_t count, uint64_t offset, int *err)
   return 0;
 }
 
+/* Drop released clusters. */
+int
+store_trim (uint64_t count, uint64_t offset, int *err)
+{
+  use_less (count);
+  return trim_range (count, offset, err);
+}
+
+/* Allocation of preserved data. */
 int
 store_extents (uint32_t count, uint64_t offset,
                struct nbdkit_extents *extents, int *err)
@@ -574,54 +707,156 @@ store_extents (uint32_t count, uint64_t offset,
     }
     return 0;
   }
-  return nbdconn_extents (conn, count, offset, 0, extents, err);
+  if (link_down (err))
+    return -1;
+  if (nbdconn_extents (conn, count, offset, 0, extents, err) == -1) {
+    check_conn (conn);
+    return -1;
+  }
+  return 0;
 }
 
+/* Trim every touched chunk.  On failure the chunk stays touched, for
+ * the next wipe.
+ */
+static int
+wipe_touched (int *err)
+{
+  uint64_t i = 0, offset;
+
+  while (next_touched (&i)) {
+    offset = i * WIPE_CHUNK;
+    if (trim_range (MIN (WIPE_CHUNK, disk_size - offset), offset,
+                    err) == -1) {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+      bitmap_set (&touched, i, 1);
+      return -1;
+    }
+    ++i;
+  }
+  return 0;
+}
+
+/* Empty the store at the end of a snapshot. */
 int
 store_wipe (int *err)
 {
-  nbdconn_wait_idle (conn);
-  return store_trim (disk_size, 0, err);
+  int r;
+
+  /* Writes abandoned at a deadline must not land after the wipe. */
+  if (conn)
+    nbdconn_wait_idle (conn);
+  store_poll ();
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    use_bytes = 0;
+  }
+  /* A lost store is not wiped but replaced, with its RAM tier. */
+  if (current_link () == LINK_DOWN) {
+    renew ();
+    return 0;
+  }
+  r = wipe_touched (err);
+  if (r == -1 && current_link () == LINK_DOWN) {
+    renew ();
+    return 0;
+  }
+  return r;
 }
 
+/* NUL-terminated S as a JSON string (with quotes) into BUF of LEN. */
+static void
+json_string (char *buf, size_t len, const char *s)
+{
+  size_t i = 0;
+
+  assert (len >= 3);
+  buf[i++] = '"';
+  for (; *s && i + 8 < len; s++) {
+    unsigned char ch = *s;
+
+    if (ch == '"' || ch == '\\') {
+      buf[i++] = '\\';
+      buf[i++] = ch;
+    }
+    else if (ch < 0x20)
+      i += snprintf (buf + i, len - i, "\\u%04x", ch);
+    else
+      buf[i++] = ch;
+  }
+  buf[i++] = '"';
+  buf[i] = '\0';
+}
+
+/* The link state as status shows it. */
+static const char *
+link_name (enum link_state st)
+{
+  switch (st) {
+  case LINK_UP: return "up";
+  case LINK_DOWN: return "down";
+  case LINK_RESTARTING: return "restarting";
+  }
+  abort ();
+}
+
+/* Kept for a caller that lists the ranges it wrote: the store keeps
+ * its own map of them (see "Wiping" above), so this is store_wipe;
+ * the ranges are consumed and not needed.
+ */
 int
 store_wipe_ranges (store_range_fn next_range, void *opaque, int *err)
 {
   uint64_t offset, count;
 
-  nbdconn_wait_idle (conn);
   while (next_range (opaque, &offset, &count))
-    if (store_trim (count, offset, err) == -1)
-      return -1;
-  return 0;
+    ;
+  return store_wipe (err);
 }
 
+/* Status members (see store.h). */
 void
 store_status_json (char *buf, size_t len)
 {
-  struct ramcache_stats st;
+  struct ramcache_stats st = { 0 };
+  char err[2 * sizeof last_error];
+  int n;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
-  if (ram == NULL) {
-    snprintf (buf, len, "\"ram_limit\":0");
-    return;
-  }
-  ramcache_get_stats (ram, &st);
-  snprintf (buf, len,
-            "\"ram_limit\":%" PRIu64 ",\"ram_held_bytes\":%" PRIu64 ","
-            "\"ram_dirty_bytes\":%" PRIu64 ","
-            "\"ram_written_below_bytes\":%" PRIu64 ","
-            "\"ram_dropped_bytes\":%" PRIu64 ","
-            "\"ram_writer_stalls\":%" PRIu64,
-            st.limit, st.held_bytes, st.dirty_bytes,
-            st.written_below_bytes, st.dropped_bytes, st.writer_stalls);
+  /* No tier while a lost store is not replaced: it holds nothing. */
+  if (ram)
+    ramcache_get_stats (ram, &st);
+  json_string (err, sizeof err, last_error);
+  n = snprintf (buf, len,
+                "\"store_kind\":\"%s\",\"store_link\":\"%s\","
+                "\"store_restarts\":%" PRIu64 ",\"store_last_error\":%s,"
+                "\"store_use_bytes\":%" PRIu64 ","
+                "\"store_peak_bytes\":%" PRIu64 ","
+                "\"store_limit_bytes\":%" PRIu64 ",\"ram_limit\":%" PRIu64,
+                store_uri ? "nbd" : "qcow2", link_name (link_state),
+                restarts, err, use_bytes, peak_bytes, store_limit,
+                ram_limit);
+  if (ram_limit > 0 && n > 0 && (size_t) n < len)
+    snprintf (buf + n, len - n,
+              ",\"ram_held_bytes\":%" PRIu64 ","
+              "\"ram_dirty_bytes\":%" PRIu64 ","
+              "\"ram_written_below_bytes\":%" PRIu64 ","
+              "\"ram_dropped_bytes\":%" PRIu64 ","
+              "\"ram_writer_stalls\":%" PRIu64,
+              st.held_bytes, st.dirty_bytes, st.written_below_bytes,
+              st.dropped_bytes, st.writer_stalls);
 }
 
+/* Space the image takes (see store.h). */
 int64_t
 store_allocated_bytes (void)
 {
-  struct stat st;
+  /* Under the lock: while the link is UP, renew is not replacing the
+   * image.
+   */
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
-  if (image == NULL || stat (image, &st) == -1)
+  if (store_uri || link_state != LINK_UP)
     return -1;
-  return (int64_t) st.st_blocks * 512;
+  return qemu_store_allocated_bytes ();
 }

@@ -22,25 +22,44 @@ extern int store_config (const char *key, const char *value)
   "cbw-store=<URI>          Use an existing NBD server as the store instead.\n" \
   "cbw-keep-image=<BOOL>    Keep the fleece image at exit (default false).\n" \
   "cbw-ram=<SIZE>           RAM tier in front of the store (default 0).\n" \
+  "cbw-store-limit=<SIZE>   Break the snapshot past this (default none).\n" \
   "cbw-qemu-nbd=<PATH>      qemu-nbd to serve the image (default qemu-nbd).\n" \
   "cbw-qemu-img=<PATH>      qemu-img to create the image (default qemu-img)."
 
 /* Cross-checks after all parameters are known. */
 extern int store_config_complete (void);
 
-/* Before nbdkit forks: check that the programs exist, so that a
- * missing qemu-nbd is reported before serving.
+/* Before nbdkit forks, every check that can refuse a start: that
+ * qemu-img and qemu-nbd exist and the image's directory is writable,
+ * or that cbw-store answers.
  */
 extern int store_get_ready (void);
 
-/* After the fork: reserve the image name (O_EXCL), create the qcow2 of SIZE bytes with qcow2 clusters
- * of CLUSTER_SIZE (clamped to what qcow2 allows), start qemu-nbd on it
- * and connect; or connect to cbw-store.
+/* After the fork: make the first store for a disk of SIZE bytes and
+ * clusters of CLUSTER_SIZE: create the qcow2 and start qemu-nbd on it
+ * (store-qemu.c), or connect to cbw-store; then the RAM tier.
  */
 extern int store_open (uint64_t size, uint32_t cluster_size);
 
 /* Disconnect (qemu-nbd exits) and remove the image unless kept. */
 extern void store_close (void);
+
+/* The engine's promise: store_prepare and store_wipe are called only
+ * while no snapshot uses the store and no other store call is in
+ * flight.  They may replace a lost store by a fresh one (see
+ * "Losing the store" in store.c).
+ */
+
+/* Before a point in time is taken: make sure the store is up,
+ * replacing it if it was lost.  Returns 0, or -1 if no store could be
+ * made (the snapshot must start broken; the next one tries again).
+ */
+extern int store_prepare (void);
+
+/* Notice a store that died while idle (calls snap_store_failed).
+ * Cheap; call it before reporting status.  No lock held.
+ */
+extern void store_poll (void);
 
 /* Data operations, callable from any thread. */
 extern int store_read (void *buf, uint32_t count, uint64_t offset, int *err)
@@ -49,13 +68,17 @@ extern int store_read (void *buf, uint32_t count, uint64_t offset, int *err)
 /* Write BUF, which must come from malloc: the store takes ownership
  * of it in every case.  DEADLINE (CLOCK_MONOTONIC) may be NULL; past
  * it the call fails with ETIMEDOUT and the write completes, or not,
- * in the background.
+ * in the background.  Fails with ENOSPC, after snap_store_failed,
+ * when it would pass cbw-store-limit.  Counts as preserved until
+ * store_trim or store_wipe.
  */
 extern int store_write_owned (void *buf, uint32_t count, uint64_t offset,
                               const struct timespec *deadline, int *err)
   __attribute__ ((__nonnull__ (1, 5)));
 
-/* Drop [offset, offset+count) from the store, freeing its space. */
+/* Drop [offset, offset+count), preserved clusters only, from the
+ * store, freeing its space; they no longer count as preserved.
+ */
 extern int store_trim (uint64_t count, uint64_t offset, int *err)
   __attribute__ ((__nonnull__ (3)));
 
@@ -64,15 +87,18 @@ extern int store_extents (uint32_t count, uint64_t offset,
                           struct nbdkit_extents *extents, int *err)
   __attribute__ ((__nonnull__ (3, 4)));
 
-/* Empty the whole store.  Waits first for every store request still
- * in flight (including writes abandoned at a deadline), so that no
- * stale write can land after the wipe.
+/* Empty the whole store (a lost one is replaced instead), trimming
+ * only the chunks written since the last wipe.  Waits
+ * first for every store request still in flight (including writes
+ * abandoned at a deadline), so that no stale write can land after the
+ * wipe.
  */
 extern int store_wipe (int *err) __attribute__ ((__nonnull__ (1)));
 
-/* Like store_wipe, but empty only the ranges that NEXT_RANGE yields
- * (it returns false when there are no more), for a caller that knows
- * where it wrote: the cost is that of those ranges, not of the disk.
+/* The same, for a caller that knows where it wrote: NEXT_RANGE
+ * yields those ranges (false when there are no more).  store_wipe
+ * already trims only what was written, so the ranges are not needed:
+ * kept for callers written against it.
  */
 typedef bool (*store_range_fn) (void *opaque, uint64_t *offset,
                                 uint64_t *count);
@@ -80,11 +106,15 @@ extern int store_wipe_ranges (store_range_fn next_range, void *opaque,
                               int *err)
   __attribute__ ((__nonnull__ (1, 3)));
 
-/* The RAM tier's counters as JSON members (no braces) into BUF. */
+/* The store's link, use and RAM tier as JSON members (no braces)
+ * into BUF.  May be called with the engine's lock held.
+ */
 extern void store_status_json (char *buf, size_t len)
   __attribute__ ((__nonnull__ (1)));
 
-/* Bytes allocated in the qcow2 file (st_blocks), or -1 if unknown. */
+/* Bytes allocated in the qcow2 file (st_blocks), or -1 if unknown.
+ * May be called with the engine's lock held.
+ */
 extern int64_t store_allocated_bytes (void);
 
 #endif /* NBDKIT_CBW_STORE_H */

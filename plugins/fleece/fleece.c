@@ -5,9 +5,7 @@
  * above it.  Every export name and every context (including the
  * shared contexts that filters open without a client) sees the same
  * disk: the cbw filter relies on that to read the live disk for both
- * its writer and its snapshot export.  The one exception is the
- * export named "live-status", a read-only JSON text with the state
- * of the link to the live disk.
+ * its writer and its snapshot export.
  *
  * Parallel: requests go to the live disk over a pool of NBD
  * connections driven asynchronously (link.c, common/nbdconn.c), so
@@ -17,6 +15,13 @@
  * Capabilities are those the live disk advertised at start-up, read
  * once and kept: so connections (and the filters' status exports)
  * open normally while the live disk is away.
+ *
+ * Why the link's state goes to a file (live-status-file) rather than
+ * to an export of its own: a plugin learns the export name only from
+ * nbdkit_export_name, which logs an error when called from a thread
+ * without a client connection, and the filters above open contexts
+ * from such threads (cbw in .after_fork, bitmap-discard from its
+ * control thread).
  */
 
 #include <config.h>
@@ -34,25 +39,16 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
-#include "cbw-contract.h"
 #include "link.h"
 
-/* The status export's name (shared with the filters above, which pass
- * it through) and size.
- */
-#define STATUS_EXPORT FLEECE_LIVE_STATUS_EXPORT
-#define STATUS_SIZE 4096
-
-/* Handles: the live disk, or the status export. */
-static int disk_handle, status_handle;
-#define IS_STATUS(handle) ((handle) == &status_handle)
-
+/* Disconnect from the live disk. */
 static void
 fleece_unload (void)
 {
   link_unload ();
 }
 
+/* Every parameter is the link's. */
 static int
 fleece_config (const char *key, const char *value)
 {
@@ -65,6 +61,7 @@ fleece_config (const char *key, const char *value)
   return r == 1 ? 0 : -1;
 }
 
+/* Check the parameters together. */
 static int
 fleece_config_complete (void)
 {
@@ -89,6 +86,7 @@ fleece_after_fork (void)
   return link_after_fork ();
 }
 
+/* Extra lines for nbdkit --dump-plugin. */
 static void
 fleece_dump_plugin (void)
 {
@@ -102,64 +100,58 @@ fleece_dump_plugin (void)
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
-/* Every export name is the same live disk, except the status export.
- * In the shared contexts that filters open there is no export name.
- */
+/* Every export name is the same live disk. */
 static void *
 fleece_open (int readonly)
 {
-  const char *name = nbdkit_export_name ();
-
-  if (name && strcmp (name, STATUS_EXPORT) == 0)
-    return &status_handle;
-  return &disk_handle;
+  return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
+/* The live disk's size, read at start-up. */
 static int64_t
 fleece_get_size (void *handle)
 {
-  return IS_STATUS (handle) ? STATUS_SIZE : link_caps ()->size;
+  return link_caps ()->size;
 }
 
+/* The live disk's block size constraints (0: none said). */
 static int
 fleece_block_size (void *handle,
                    uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
   const struct link_caps *c = link_caps ();
 
-  if (IS_STATUS (handle)) {
-    *minimum = *preferred = *maximum = 0;
-    return 0;
-  }
   *minimum = c->block_min;
   *preferred = c->block_pref;
   *maximum = c->block_max;
   return 0;
 }
 
-/* Capabilities are those of the live disk at start-up (none for the
- * status export).
- */
-#define CAP(handle, field) (!IS_STATUS (handle) && link_caps ()->field)
+/* Capabilities are those of the live disk at start-up. */
+#define CAP(handle, field) (link_caps ()->field)
 
+/* Writable unless the live disk is read-only. */
 static int
 fleece_can_write (void *handle)
 {
-  return !IS_STATUS (handle) && !link_caps ()->read_only;
+  return !link_caps ()->read_only;
 }
 
+/* Flush. */
 static int
 fleece_can_flush (void *handle)
 {
   return CAP (handle, flush);
 }
 
+/* Rotational. */
 static int
 fleece_is_rotational (void *handle)
 {
   return CAP (handle, rotational);
 }
 
+/* Trim. */
 static int
 fleece_can_trim (void *handle)
 {
@@ -175,31 +167,35 @@ fleece_can_zero (void *handle)
   return CAP (handle, zero);
 }
 
+/* Fast zero. */
 static int
 fleece_can_fast_zero (void *handle)
 {
   return CAP (handle, fast_zero);
 }
 
+/* FUA, sent to the live disk as such. */
 static int
 fleece_can_fua (void *handle)
 {
   return CAP (handle, fua) ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_NONE;
 }
 
-/* The status export is the same text on every connection. */
+/* Multi-conn. */
 static int
 fleece_can_multi_conn (void *handle)
 {
-  return IS_STATUS (handle) || link_caps ()->multi_conn;
+  return CAP (handle, multi_conn);
 }
 
+/* Cache, sent to the live disk as such. */
 static int
 fleece_can_cache (void *handle)
 {
   return CAP (handle, cache) ? NBDKIT_CACHE_NATIVE : NBDKIT_CACHE_NONE;
 }
 
+/* Extents (base:allocation). */
 static int
 fleece_can_extents (void *handle)
 {
@@ -240,32 +236,11 @@ request (enum link_kind kind, void *buf, uint32_t count, uint64_t offset,
   return 0;
 }
 
-/* The status export: one line of JSON, padded with spaces, ending in
- * a newline.
- */
-static void
-status_read (void *buf, uint32_t count, uint64_t offset)
-{
-  char status[STATUS_SIZE + 1], link[STATUS_SIZE - 8];
-  size_t len;
-
-  link_status_json (link, sizeof link);
-  snprintf (status, sizeof status, "{%s}", link);
-  len = strlen (status);
-  memset (status + len, ' ', STATUS_SIZE - len);
-  status[STATUS_SIZE - 1] = '\n';
-  memcpy (buf, status + offset, count);
-}
-
 /* Read data. */
 static int
 fleece_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
               uint32_t flags)
 {
-  if (IS_STATUS (handle)) {
-    status_read (buf, count, offset);
-    return 0;
-  }
   return request (LINK_READ, buf, count, offset, 0, NULL);
 }
 

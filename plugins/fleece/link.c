@@ -10,7 +10,7 @@
  * When a request finds its connection dead (nbdconn_is_dead after a
  * failure), the link is "lost": the current pool is dropped and the
  * reconnect thread starts connecting again, with a back-off from
- * 0.1 s doubling up to 1 s between attempts.  Requests that arrive
+ * 0.1 s doubling up to 0.5 s between attempts.  Requests that arrive
  * while the link is lost, and those whose connection died under them,
  * wait until the link is back or until live-reconnect-delay seconds
  * after the loss, whichever comes first; then they are sent again on
@@ -41,6 +41,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,7 +61,7 @@
 
 /* Back-off between connection attempts, in seconds. */
 #define BACKOFF_MIN 0.1
-#define BACKOFF_MAX 1.0
+#define BACKOFF_MAX 0.5
 
 /* live-connections: the most, and the default (at most one per CPU). */
 #define MAX_CONNECTIONS 64
@@ -87,6 +88,7 @@ static char *tls_certificates;  /* absolute paths */
 static char *tls_psk;
 static const char *tls_username;
 static int tls_verify = -1;     /* -1: libnbd's default */
+static char *status_file;       /* live-status-file, absolute */
 
 /* Read in link_get_ready; never changed after. */
 static struct link_caps caps;
@@ -107,6 +109,14 @@ static pthread_cond_t lost_cond = PTHREAD_COND_INITIALIZER;
                                 /* cur lost, or stopping */
 static pthread_t reconnector;
 static bool reconnector_started;
+
+/* The text last written to the status file (owned by the reconnect
+ * thread while it runs).
+ */
+static char status_last[2048];
+
+static void link_status_json (char *buf, size_t len);
+static int status_write (char *last, size_t len);
 
 /* Parse a number of seconds. */
 static int
@@ -166,6 +176,7 @@ tls_config (const char *key, const char *value)
   return 0;
 }
 
+/* Parse one of the link's parameters. */
 int
 link_config (const char *key, const char *value)
 {
@@ -179,6 +190,11 @@ link_config (const char *key, const char *value)
   }
   if (strcmp (key, "live-reconnect-delay") == 0)
     return parse_seconds (key, value, &reconnect_delay) == -1 ? -1 : 1;
+  if (strcmp (key, "live-status-file") == 0) {
+    free (status_file);
+    status_file = nbdkit_absolute_path (value);
+    return status_file ? 1 : -1;
+  }
   if (strcmp (key, "live-connections") == 0) {
     if (nbdkit_parse_unsigned (key, value, &nconns_wanted) == -1)
       return -1;
@@ -266,6 +282,7 @@ tls_setup (struct nbd_handle *h)
   return 0;
 }
 
+/* Check the parameters together, before connecting. */
 int
 link_config_complete (void)
 {
@@ -464,12 +481,15 @@ ts_add (struct timespec t, double secs)
   return t;
 }
 
+/* True if A is earlier than B. */
 static bool
 ts_before (struct timespec a, struct timespec b)
 {
-  return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
+  return a.tv_sec < b.tv_sec ||
+    (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
 }
 
+/* The current CLOCK_MONOTONIC time. */
 static struct timespec
 ts_now (void)
 {
@@ -500,6 +520,7 @@ choose_connections (void)
   return n;
 }
 
+/* Connect, read the capabilities and open the pool. */
 int
 link_get_ready (void)
 {
@@ -534,7 +555,8 @@ link_get_ready (void)
     }
   }
   cur = p;
-  return 0;
+  /* Before nbdkit forks: an unwritable status file stops it. */
+  return status_write (status_last, sizeof status_last);
 }
 
 /* A connection of pool P died: the link is lost, unless it was lost
@@ -598,8 +620,38 @@ try_reconnect (char *msg, size_t len)
   return p;
 }
 
+/* Write the status file (if any) when its text has changed: to a
+ * temporary file renamed over it, so that readers see either the old
+ * or the new text.  Only the thread that owns LAST (the reconnect
+ * thread, or start-up and unload before and after it) calls this.
+ */
+static int
+status_write (char *last, size_t len)
+{
+  char text[2048], tmpname[PATH_MAX];
+  FILE *fp;
+
+  if (status_file == NULL)
+    return 0;
+  link_status_json (text, sizeof text);
+  if (strcmp (text, last) == 0)
+    return 0;
+  snprintf (tmpname, sizeof tmpname, "%s.tmp", status_file);
+  fp = fopen (tmpname, "w");
+  if (fp == NULL ||
+      fprintf (fp, "{%s}\n", text) < 0 ||
+      fclose (fp) == EOF ||
+      rename (tmpname, status_file) == -1) {
+    nbdkit_error ("fleece: live-status-file=%s: %m", status_file);
+    return -1;
+  }
+  snprintf (last, len, "%s", text);
+  return 0;
+}
+
 /* The reconnect thread: sleeps while the link is up; while it is
- * lost, tries to connect again with back-off.
+ * lost, tries to connect again with back-off.  It also keeps the
+ * status file up to date.
  */
 static void *
 reconnect_thread (void *arg)
@@ -611,6 +663,11 @@ reconnect_thread (void *arg)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
   for (;;) {
+    /* The status file, without the lock (link_status_json takes it). */
+    pthread_mutex_unlock (&lock);
+    status_write (status_last, sizeof status_last);
+    pthread_mutex_lock (&lock);
+
     while (cur != NULL && !stopping) {
       /* Look at the connections now and then, so that an outage
        * starts reconnection (and shows in the status) even when no
@@ -627,6 +684,7 @@ reconnect_thread (void *arg)
 
     /* Connect without the lock. */
     pthread_mutex_unlock (&lock);
+    status_write (status_last, sizeof status_last);
     p = try_reconnect (msg, sizeof msg);
     pthread_mutex_lock (&lock);
 
@@ -645,6 +703,7 @@ reconnect_thread (void *arg)
   return NULL;
 }
 
+/* Start the readers and the reconnect thread. */
 int
 link_after_fork (void)
 {
@@ -662,6 +721,7 @@ link_after_fork (void)
   return 0;
 }
 
+/* Stop the reconnect thread, drop the pool, free settings. */
 void
 link_unload (void)
 {
@@ -675,6 +735,8 @@ link_unload (void)
   }
   if (reconnector_started)
     pthread_join (reconnector, NULL);
+  if (status_file)
+    unlink (status_file);
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     p = cur;
@@ -684,8 +746,10 @@ link_unload (void)
     pool_put (p);
   free (tls_certificates);
   free (tls_psk);
+  free (status_file);
 }
 
+/* The capabilities read at start-up. */
 const struct link_caps *
 link_caps (void)
 {
@@ -808,10 +872,11 @@ json_string (char *buf, size_t len, const char *s)
   buf[o] = '\0';
 }
 
-void
+/* The link's state as JSON members (no braces), into BUF. */
+static void
 link_status_json (char *buf, size_t len)
 {
-  char err[sizeof last_error * 6 + 3];
+  char err[1024];               /* bounded: json_string truncates */
   const char *state;
   double down = 0;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);

@@ -50,6 +50,7 @@ extern int link_config_complete (void);
   "live=<URI>       (required) NBD URI of the live disk.\n" \
   "live-reconnect-delay=<SECS>\n" \
   "                 How long requests wait for a lost live disk (10).\n" \
+  "live-status-file=<PATH>  Keep the link's state (JSON) in PATH.\n" \
   "live-connections=<N>  Connections to the live disk (4 at most\n" \
   "                 one per CPU; 1 without multi-conn).\n" \
   "tls=off|on|require  TLS to the live disk (libnbd's default).\n" \
@@ -75,8 +76,5 @@ extern const struct link_caps *link_caps (void);
  * the old one died under it.  Returns 0, or -1 with *ERR set.
  */
 extern int link_request (const struct link_req *r, int *err);
-
-/* The link's state as JSON members (no braces), into BUF. */
-extern void link_status_json (char *buf, size_t len);
 
 #endif /* NBDKIT_FLEECE_LINK_H */
