@@ -96,8 +96,18 @@ gone ()
     esac
 }
 
-# The full backup: c0, committed.
 start_stack
+# A full backup that fails: its checkpoint, the only one, is dropped,
+# and nothing is tracked (writes still work).
+ctl_ok "$d/ctl" "snapshot checkpoint=f0"
+write 100
+ctl_ok "$d/ctl" "release result=failed"
+test "$(json_get committed)" = False
+ctl_ok "$d/ctl" "checkpoints"
+test "$(ckpts)" = ""
+write 101
+
+# The full backup: c0, committed.
 write 1
 cp --sparse=always "$d/live.img" "$d/ref0.img"
 ctl_ok "$d/ctl" "snapshot checkpoint=c0"

@@ -618,7 +618,10 @@ lead_sync_locked (void)
   pending = NULL;
   nr_pending = pending_alloc = 0;
   batch_gen++;
-  if (n > 0) {
+  /* With no checkpoint left (the only one was dropped while this batch
+   * waited) there is nothing to record the batch into.
+   */
+  if (n > 0 && nr_ckpts > 0) {
     syncing = true;
     off = bmfile_log_start (&geom) + log_bytes;
     pthread_mutex_unlock (&lock);

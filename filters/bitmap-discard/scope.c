@@ -403,6 +403,7 @@ struct cbw_status {
   char state[16];
   uint64_t generation;
   uint64_t cluster_size;
+  bool broken;
   char json[STATUS_SIZE + 1];   /* the line itself, trailing blanks cut */
 };
 
@@ -439,6 +440,7 @@ read_cbw_status (struct cbw_status *st)
   memcpy (st->state, rec.state, sizeof st->state);
   st->generation = rec.generation;
   st->cluster_size = rec.cluster_size;
+  st->broken = rec.broken;
   return 0;
 }
 
@@ -690,7 +692,7 @@ settle_checkpoint (bool ok, const char *name, FILE *fp)
     reason = "the backup reported result=failed";
   else if (read_cbw_status (&cs) == -1)
     reason = "the state of the snapshot below could not be read";
-  else if (strstr (cs.json, "\"broken\":true"))
+  else if (cs.broken)
     reason = "the snapshot broke below (see cbw in status)";
   fprintf (fp, ",\"checkpoint\":\"%s\"", name);
   if (dirty_checkpoint_settle (reason == NULL, name, err, sizeof err) == -1) {
