@@ -55,6 +55,7 @@
 #include <nbdkit-plugin.h>
 
 #include "cleanup.h"
+#include "json.h"
 #include "link.h"
 #include "nbdconn.h"
 #include "params.h"
@@ -847,40 +848,18 @@ link_request (const struct link_req *r, int *err)
   }
 }
 
-/* Write S into BUF as a JSON string (quoted, escaped). */
-static void
-json_string (char *buf, size_t len, const char *s)
-{
-  size_t o = 0;
-
-  if (len < 3)
-    return;
-  buf[o++] = '"';
-  for (; *s && o + 8 < len; s++) {
-    unsigned char ch = *s;
-
-    if (ch == '"' || ch == '\\') {
-      buf[o++] = '\\';
-      buf[o++] = ch;
-    }
-    else if (ch < 0x20)
-      o += snprintf (buf + o, len - o, "\\u%04x", ch);
-    else
-      buf[o++] = ch;
-  }
-  buf[o++] = '"';
-  buf[o] = '\0';
-}
-
 /* The link's state as JSON members (no braces), into BUF. */
 static void
 link_status_json (char *buf, size_t len)
 {
-  char err[1024];               /* bounded: json_string truncates */
+  struct json_writer w;
+  FILE *fp = json_buffer_open (buf, len);
   const char *state;
   double down = 0;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
+  if (fp == NULL)
+    return;
   if (cur)
     state = "up";
   else {
@@ -890,10 +869,12 @@ link_status_json (char *buf, size_t len)
       (now.tv_nsec - lost_at.tv_nsec) / 1e9;
     state = down < reconnect_delay ? "reconnecting" : "down";
   }
-  json_string (err, sizeof err, last_error);
-  snprintf (buf, len,
-            "\"live_state\":\"%s\",\"live_reconnects\":%" PRIu64 ","
-            "\"live_down_seconds\":%.1f,\"live_last_error\":%s,"
-            "\"live_connections\":%u,\"live_reconnect_delay\":%g",
-            state, reconnects, down, err, nconns, reconnect_delay);
+  json_init (&w, fp, false);
+  json_member_string (&w, "live_state", state);
+  json_member_uint (&w, "live_reconnects", reconnects);
+  json_member_fixed (&w, "live_down_seconds", 1, down);
+  json_member_string (&w, "live_last_error", last_error);
+  json_member_uint (&w, "live_connections", nconns);
+  json_member_double (&w, "live_reconnect_delay", reconnect_delay);
+  json_buffer_close (fp, buf, len);
 }
