@@ -112,9 +112,11 @@ static pthread_t reconnector;
 static bool reconnector_started;
 
 /* The text last written to the status file (owned by the reconnect
- * thread while it runs).
+ * thread while it runs).  STATUS_MAX holds the members with
+ * last_error at its worst (every byte escaped as \u00XX).
  */
-static char status_last[2048];
+#define STATUS_MAX (6 * sizeof last_error + 1024)
+static char status_last[STATUS_MAX];
 
 static void link_status_json (char *buf, size_t len);
 static int status_write (char *last, size_t len);
@@ -629,7 +631,7 @@ try_reconnect (char *msg, size_t len)
 static int
 status_write (char *last, size_t len)
 {
-  char text[2048], tmpname[PATH_MAX];
+  char text[STATUS_MAX], tmpname[PATH_MAX];
   FILE *fp;
 
   if (status_file == NULL)
