@@ -376,23 +376,12 @@ snap_close (void)
   if (--contexts > 0)
     return;
   if (cbw_linger > 0) {
-    deadline_after (cbw_linger, &linger_deadline);
+    linger_deadline = deadline_after (cbw_linger);
     lingering = true;
     pthread_cond_signal (&linger_cond);
   }
   else
     end_snapshot_locked ();
-}
-
-/* True if the clock has reached *TS (CLOCK_MONOTONIC). */
-static bool
-reached (const struct timespec *ts)
-{
-  struct timespec now;
-
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return now.tv_sec > ts->tv_sec ||
-    (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
 }
 
 /* The linger thread ends a lingering snapshot at its deadline. */
@@ -406,7 +395,7 @@ linger_main (void *arg)
       pthread_cond_wait (&linger_cond, &eng.lock);
       continue;
     }
-    if (!reached (&linger_deadline)) {
+    if (!deadline_reached (linger_deadline)) {
       pthread_cond_clockwait (&linger_cond, &eng.lock, CLOCK_MONOTONIC,
                               &linger_deadline);
       continue;

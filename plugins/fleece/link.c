@@ -59,6 +59,7 @@
 #include "link.h"
 #include "nbdconn.h"
 #include "params.h"
+#include "timespec.h"
 
 /* Back-off between connection attempts, in seconds. */
 #define BACKOFF_MIN 0.1
@@ -469,39 +470,6 @@ caps_same_disk (const struct link_caps *now, char *msg, size_t len)
   return true;
 }
 
-/* Time arithmetic. */
-static struct timespec
-ts_add (struct timespec t, double secs)
-{
-  long long ns = (long long) (secs * 1e9);
-
-  t.tv_sec += ns / 1000000000;
-  t.tv_nsec += ns % 1000000000;
-  if (t.tv_nsec >= 1000000000) {
-    t.tv_sec++;
-    t.tv_nsec -= 1000000000;
-  }
-  return t;
-}
-
-/* True if A is earlier than B. */
-static bool
-ts_before (struct timespec a, struct timespec b)
-{
-  return a.tv_sec < b.tv_sec ||
-    (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
-}
-
-/* The current CLOCK_MONOTONIC time. */
-static struct timespec
-ts_now (void)
-{
-  struct timespec t;
-
-  clock_gettime (CLOCK_MONOTONIC, &t);
-  return t;
-}
-
 /* How many connections to use: several only if the live disk says
  * that they see each other's writes at once (multi-conn).
  */
@@ -865,10 +833,7 @@ link_status_json (char *buf, size_t len)
   if (cur)
     state = "up";
   else {
-    struct timespec now = ts_now ();
-
-    down = (now.tv_sec - lost_at.tv_sec) +
-      (now.tv_nsec - lost_at.tv_nsec) / 1e9;
+    down = ts_seconds_between (lost_at, ts_now ());
     state = down < reconnect_delay ? "reconnecting" : "down";
   }
   json_init (&w, fp, false);
