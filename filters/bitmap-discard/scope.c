@@ -68,6 +68,7 @@
 #include "bitmap.h"
 #include "cbw-contract.h"
 #include "cleanup.h"
+#include "context.h"
 #include "json.h"
 #include "rounding.h"
 #include "commands.h"
@@ -449,11 +450,8 @@ read_cbw_status (struct cbw_status *st)
 static void
 close_holder (void)
 {
-  if (holder) {
-    holder->finalize (holder);
-    nbdkit_next_context_close (holder);
-    holder = NULL;
-  }
+  context_close_below (holder);
+  holder = NULL;
 }
 
 /* Steps 4 and 5: take the PIT below and release what is out of scope
@@ -462,23 +460,19 @@ close_holder (void)
 static int
 open_holder (char *err, size_t errlen)
 {
+  struct context_caps caps;
   uint64_t g, first;
   int e;
 
-  holder = nbdkit_next_context_open (backend, 0, SNAPSHOT_EXPORT, 1);
+  holder = context_open_below (backend, 0, SNAPSHOT_EXPORT,
+                               "bitmap-discard", &caps);
   if (holder == NULL) {
     snprintf (err, errlen, "cannot open the \"snapshot\" export below "
               "(see the nbdkit log)");
     return -1;
   }
-  /* nbdkit requires the size and the capabilities we use to be asked
-   * before any data call on a context opened by hand.
-   */
-  if (holder->prepare (holder) == -1 ||
-      holder->get_size (holder) != (int64_t) disk_size ||
-      holder->can_write (holder) != 1 ||
-      holder->can_trim (holder) != 1 ||
-      holder->can_extents (holder) == -1) {
+  if (caps.size != (int64_t) disk_size ||
+      caps.can_write != 1 || caps.can_trim != 1) {
     snprintf (err, errlen, "the \"snapshot\" export below is not usable "
               "(is the cbw filter below this one?)");
     close_holder ();
