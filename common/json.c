@@ -41,36 +41,48 @@ json_init (struct json_writer *w, FILE *fp, bool comma)
   w->comma = comma;
 }
 
+/* Write the bracket C that opens an object or an array. */
+static void
+open_with (struct json_writer *w, FILE *fp, char c)
+{
+  fputc (c, fp);
+  json_init (w, fp, false);
+}
+
+/* Write the bracket C that closes it: a value now stands before. */
+static void
+close_with (struct json_writer *w, char c)
+{
+  fputc (c, w->fp);
+  w->comma = true;
+}
+
 /* Open an object. */
 void
 json_begin (struct json_writer *w, FILE *fp)
 {
-  fputc ('{', fp);
-  json_init (w, fp, false);
+  open_with (w, fp, '{');
 }
 
 /* Close the object. */
 void
 json_end (struct json_writer *w)
 {
-  fputc ('}', w->fp);
-  w->comma = true;
+  close_with (w, '}');
 }
 
 /* Open an array. */
 void
 json_begin_array (struct json_writer *w, FILE *fp)
 {
-  fputc ('[', fp);
-  json_init (w, fp, false);
+  open_with (w, fp, '[');
 }
 
 /* Close the array. */
 void
 json_end_array (struct json_writer *w)
 {
-  fputc (']', w->fp);
-  w->comma = true;
+  close_with (w, ']');
 }
 
 /* The separator before an element. */
