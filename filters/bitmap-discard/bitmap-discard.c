@@ -29,6 +29,7 @@
 #include <nbdkit-filter.h>
 
 #include "cbw-contract.h"
+#include "context.h"
 #include "params.h"
 #include "rounding.h"
 #include "control.h"
@@ -157,22 +158,14 @@ bd_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
 static int64_t
 disk_size_below (nbdkit_backend *backend)
 {
+  struct context_caps caps;
   nbdkit_next *next;
-  int64_t size;
 
-  next = nbdkit_next_context_open (backend, 1, "", 1);
-  if (next == NULL) {
-    nbdkit_error ("bitmap-discard: cannot open the disk below");
+  next = context_open_below (backend, 1, "", "bitmap-discard", &caps);
+  if (next == NULL)
     return -1;
-  }
-  if (next->prepare (next) == -1) {
-    nbdkit_next_context_close (next);
-    return -1;
-  }
-  size = next->get_size (next);
-  next->finalize (next);
-  nbdkit_next_context_close (next);
-  return size;
+  context_close_below (next);
+  return caps.size;
 }
 
 /* What can refuse the start without asking the layers below happens

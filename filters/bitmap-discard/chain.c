@@ -112,6 +112,7 @@
 
 #include "bitmap.h"
 #include "cleanup.h"
+#include "json.h"
 #include "rounding.h"
 #include "dirty.h"
 #include "bitmap-file.h"
@@ -883,9 +884,10 @@ dirty_list_json (FILE *fp)
 {
   size_t i, j;
   struct bitmap u;
+  struct json_writer a, o;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-  fputc ('[', fp);
+  json_begin_array (&a, fp);
   /* Without memory for the union, report the lists without it. */
   if (bitmap_init (&u, 1, geom.nr_granules) == -1)
     u.bits = NULL;
@@ -895,16 +897,20 @@ dirty_list_json (FILE *fp)
       for (j = i; j < nr_ckpts; ++j)
         bits_or (&u, &ckpts[j].bits);
     }
-    fprintf (fp, "%s{\"name\":\"%s\",\"parent\":\"%s\",\"created\":%" PRIu64
-             ",\"state\":\"%s\",\"dirty_bytes\":%" PRIu64
-             ",\"changed_since_bytes\":%" PRIu64 "}",
-             i ? "," : "", ckpts[i].f.name, ckpts[i].f.parent,
-             ckpts[i].f.created,
-             ckpts[i].f.state == ST_PENDING ? "pending"
-             : i == nr_ckpts - 1 ? "active" : "frozen",
-             bits_bytes (&ckpts[i].bits), u.bits ? bits_bytes (&u) : 0);
+    json_element (&a);
+    json_begin (&o, fp);
+    json_member_string (&o, "name", ckpts[i].f.name);
+    json_member_string (&o, "parent", ckpts[i].f.parent);
+    json_member_uint (&o, "created", ckpts[i].f.created);
+    json_member_string (&o, "state",
+                        ckpts[i].f.state == ST_PENDING ? "pending"
+                        : i == nr_ckpts - 1 ? "active" : "frozen");
+    json_member_uint (&o, "dirty_bytes", bits_bytes (&ckpts[i].bits));
+    json_member_uint (&o, "changed_since_bytes",
+                      u.bits ? bits_bytes (&u) : 0);
+    json_end (&o);
   }
-  fputc (']', fp);
+  json_end_array (&a);
   bitmap_free (&u);
 }
 

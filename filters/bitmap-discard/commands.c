@@ -29,6 +29,7 @@
 #include "gate.h"
 #include "map.h"
 #include "scope.h"
+#include "json.h"
 #include "commands.h"
 
 #define MAX_WORDS 8             /* the command and its arguments */
@@ -48,22 +49,6 @@ struct command {
   const char *keys[MAX_KEYS + 1]; /* KEY=VALUE keys allowed, NULL-ended */
   int (*run) (const struct args *a, FILE *fp, char *err, size_t errlen);
 };
-
-void
-json_string (FILE *fp, const char *s)
-{
-  fputc ('"', fp);
-  for (; *s; ++s) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      fprintf (fp, "\\%c", c);
-    else if (c < 32 || c >= 127)
-      fprintf (fp, "\\u%04x", c);
-    else
-      fputc (c, fp);
-  }
-  fputc ('"', fp);
-}
 
 /* The value of key=VALUE among the arguments; NULL if absent.  (Keys
  * were checked: each appears at most once.)
@@ -168,6 +153,7 @@ cmd_freeze (const struct args *a, FILE *fp, char *err, size_t errlen)
   const char *t = arg (a, "timeout");
   double secs;
   uint64_t id;
+  struct json_writer w;
 
   if (t == NULL) {
     snprintf (err, errlen, "usage: freeze timeout=SECONDS");
@@ -176,7 +162,9 @@ cmd_freeze (const struct args *a, FILE *fp, char *err, size_t errlen)
   if (parse_seconds ("timeout", t, &secs, err, errlen) == -1 ||
       gate_freeze (secs, &id, err, errlen) == -1)
     return -1;
-  fprintf (fp, ",\"freeze\":%" PRIu64 ",\"timeout\":%.15g", id, secs);
+  json_init (&w, fp, true);
+  json_member_uint (&w, "freeze", id);
+  json_member_double (&w, "timeout", secs);
   return 0;
 }
 
@@ -185,10 +173,12 @@ static int
 cmd_thaw (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
   bool was_frozen, expired;
+  struct json_writer w;
 
   gate_thaw (&was_frozen, &expired);
-  fprintf (fp, ",\"was_frozen\":%s,\"expired\":%s",
-           was_frozen ? "true" : "false", expired ? "true" : "false");
+  json_init (&w, fp, true);
+  json_member_bool (&w, "was_frozen", was_frozen);
+  json_member_bool (&w, "expired", expired);
   return 0;
 }
 
@@ -221,7 +211,10 @@ cmd_status (const struct args *a, FILE *fp, char *err, size_t errlen)
 static int
 cmd_checkpoints (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
-  fputs (",\"checkpoints\":", fp);
+  struct json_writer w;
+
+  json_init (&w, fp, true);
+  json_key (&w, "checkpoints");
   dirty_list_json (fp);
   return 0;
 }
@@ -231,11 +224,13 @@ static int
 cmd_checkpoint (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
   const char *name = a->words[1];
+  struct json_writer w;
 
   if (!dirty_valid_name (name, err, errlen) ||
       scope_checkpoint (name, err, errlen) == -1)
     return -1;
-  fprintf (fp, ",\"checkpoint\":\"%s\"", name);
+  json_init (&w, fp, true);
+  json_member_string (&w, "checkpoint", name);
   return 0;
 }
 
@@ -245,11 +240,13 @@ cmd_delete_checkpoint (const struct args *a, FILE *fp,
                        char *err, size_t errlen)
 {
   const char *name = a->words[1];
+  struct json_writer w;
 
   if (!dirty_valid_name (name, err, errlen) ||
       scope_delete_checkpoint (name, err, errlen) == -1)
     return -1;
-  fprintf (fp, ",\"checkpoint\":\"%s\"", name);
+  json_init (&w, fp, true);
+  json_member_string (&w, "checkpoint", name);
   return 0;
 }
 
@@ -280,14 +277,16 @@ static int
 cmd_help (const struct args *a, FILE *fp, char *err, size_t errlen)
 {
   size_t i;
+  struct json_writer w, l;
 
-  fputs (",\"commands\":[", fp);
+  json_init (&w, fp, true);
+  json_key (&w, "commands");
+  json_begin_array (&l, fp);
   for (i = 0; i < NR_COMMANDS; ++i) {
-    if (i > 0)
-      fputc (',', fp);
+    json_element (&l);
     json_string (fp, commands[i].usage);
   }
-  fputc (']', fp);
+  json_end_array (&l);
   return 0;
 }
 
@@ -394,6 +393,7 @@ commands_run (char *line, FILE *fp)
 {
   char err[512] = "";
   char *extra = NULL;
+  struct json_writer w;
   size_t extra_len = 0;
   FILE *efp;
   int r;
@@ -408,12 +408,13 @@ commands_run (char *line, FILE *fp)
     snprintf (err, sizeof err, "out of memory");
     r = -1;
   }
+  json_begin (&w, fp);
+  json_member_bool (&w, "ok", r == 0);
   if (r == 0)
-    fprintf (fp, "{\"ok\":true%s}", extra ? extra : "");
-  else {
-    fputs ("{\"ok\":false,\"error\":", fp);
-    json_string (fp, err[0] ? err : "failed (see the nbdkit log)");
-    fputc ('}', fp);
-  }
+    fputs (extra ? extra : "", fp); /* members, each with its comma */
+  else
+    json_member_string (&w, "error",
+                        err[0] ? err : "failed (see the nbdkit log)");
+  json_end (&w);
   free (extra);
 }

@@ -14,8 +14,4 @@
 extern void commands_run (char *line, FILE *fp)
   __attribute__ ((__nonnull__ (1, 2)));
 
-/* Print s as a JSON string (quoted and escaped). */
-extern void json_string (FILE *fp, const char *s)
-  __attribute__ ((__nonnull__ (1, 2)));
-
 #endif /* NBDKIT_BITMAP_DISCARD_COMMANDS_H */

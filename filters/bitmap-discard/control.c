@@ -43,6 +43,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "timespec.h"
 #include "commands.h"
 #include "control.h"
 #include "gate.h"
@@ -194,7 +195,7 @@ handle_input (struct client *c)
   while ((nl = memchr (c->buf, '\n', c->len)) != NULL) {
     size_t used = nl - c->buf + 1, linelen = nl - c->buf;
 
-    clock_gettime (CLOCK_MONOTONIC, &c->last);
+    c->last = ts_now ();
 
     *nl = '\0';
     if (linelen > 0 && c->buf[linelen-1] == '\r')
@@ -253,10 +254,9 @@ drop_client (size_t i, const char *why)
 static int
 idle_ms_left (const struct timespec *ts, const struct timespec *now)
 {
-  int64_t ms = ((int64_t) ts->tv_sec + IDLE_TIMEOUT - now->tv_sec) * 1000
-    + (ts->tv_nsec - now->tv_nsec) / 1000000;
+  double left = ts_seconds_between (*now, ts_add (*ts, IDLE_TIMEOUT));
 
-  return ms > 0 ? ms : 0;
+  return left > 0 ? (int) (left * 1000) : 0;
 }
 
 /* Drop the clients idle for IDLE_TIMEOUT; return the poll timeout
@@ -266,11 +266,10 @@ idle_ms_left (const struct timespec *ts, const struct timespec *now)
 static int
 expire_idle (void)
 {
-  struct timespec now;
+  struct timespec now = ts_now ();
   size_t i;
   int timeout = -1;
 
-  clock_gettime (CLOCK_MONOTONIC, &now);
   for (i = nr_clients; i-- > 0; ) {
     int left = idle_ms_left (&clients[i].last, &now);
     char c;
@@ -294,9 +293,7 @@ oldest_idle (void)
   size_t i, oldest = 0;
 
   for (i = 1; i < nr_clients; ++i)
-    if (clients[i].last.tv_sec < clients[oldest].last.tv_sec ||
-        (clients[i].last.tv_sec == clients[oldest].last.tv_sec &&
-         clients[i].last.tv_nsec < clients[oldest].last.tv_nsec))
+    if (ts_before (clients[i].last, clients[oldest].last))
       oldest = i;
   return oldest;
 }
@@ -339,7 +336,7 @@ accept_client (void)
                  "one was disconnected");
   memset (&clients[nr_clients], 0, sizeof clients[0]);
   clients[nr_clients].fd = fd;
-  clock_gettime (CLOCK_MONOTONIC, &clients[nr_clients].last);
+  clients[nr_clients].last = ts_now ();
   nr_clients++;
 }
 

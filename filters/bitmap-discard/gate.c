@@ -50,6 +50,7 @@
 #include <nbdkit-filter.h>
 
 #include "cleanup.h"
+#include "timespec.h"
 #include "gate.h"
 
 /* 'lock' guards every field below; 'cond' (CLOCK_MONOTONIC) is
@@ -90,24 +91,6 @@ gate_init (void)
   return 0;
 }
 
-/* Now, on the clock of the deadlines. */
-static struct timespec
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts;
-}
-
-/* Seconds from a to b (negative if b is earlier). */
-static double
-seconds_between (const struct timespec *a, const struct timespec *b)
-{
-  return (double) (b->tv_sec - a->tv_sec) +
-    (b->tv_nsec - a->tv_nsec) / 1e9;
-}
-
 /* A freeze that ended by its timeout, to be logged once the lock is
  * dropped (the log is I/O).
  */
@@ -122,9 +105,7 @@ struct expiry {
 static void
 expire_locked (struct expiry *ex)
 {
-  struct timespec t = now ();
-
-  if (!frozen || draining || seconds_between (&t, &deadline) > 0)
+  if (!frozen || draining || !deadline_reached (deadline))
     return;
   frozen = false;
   last_expired = true;
@@ -229,15 +210,7 @@ gate_release (void)
 static void
 set_deadline_locked (double seconds)
 {
-  struct timespec t = now ();
-
-  deadline.tv_sec = t.tv_sec + (time_t) seconds;
-  deadline.tv_nsec = t.tv_nsec +
-    (long) ((seconds - (time_t) seconds) * 1e9);
-  if (deadline.tv_nsec >= 1000000000) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000;
-  }
+  deadline = deadline_after (seconds);
 }
 
 int
@@ -309,8 +282,7 @@ gate_expire (void)
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
     expire_locked (&ex);
     if (frozen && !draining) {
-      struct timespec t = now ();
-      double left = seconds_between (&t, &deadline);
+      double left = ts_seconds_between (ts_now (), deadline);
       r = left > 0 ? (int) (left * 1000) + 1 : 0;
     }
   }
@@ -325,13 +297,13 @@ gate_get_stats (struct gate_stats *st)
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    struct timespec t = now ();
+    struct timespec t = ts_now ();
 
     expire_locked (&ex);
     st->frozen = frozen && !draining;
     st->freeze_id = st->frozen ? freeze_id : 0;
     st->freeze_remaining =
-      st->frozen ? seconds_between (&t, &deadline) : 0;
+      st->frozen ? ts_seconds_between (t, deadline) : 0;
     if (st->freeze_remaining < 0)
       st->freeze_remaining = 0;
     st->freezes_expired = freezes_expired;

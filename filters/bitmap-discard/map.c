@@ -36,6 +36,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "json.h"
 #include "rounding.h"
 #include "scope.h"
 #include "map.h"
@@ -128,19 +129,27 @@ map_print (const struct map *m, uint64_t offset, uint64_t length,
            uint64_t pos, uint64_t end, FILE *fp)
 {
   size_t i;
+  struct json_writer w, a, e;
 
-  fprintf (fp, ",\"offset\":%" PRIu64 ",\"length\":%" PRIu64
-           ",\"extents\":[", offset, length);
-  for (i = 0; i < m->n; ++i)
-    fprintf (fp, "%s{\"offset\":%" PRIu64 ",\"length\":%" PRIu64
-             ",\"in_scope\":%s,\"zero\":%s}", i ? "," : "",
-             m->e[i].offset, m->e[i].length,
-             m->e[i].in_scope ? "true" : "false",
-             m->e[i].zero ? "true" : "false");
+  json_init (&w, fp, true);
+  json_member_uint (&w, "offset", offset);
+  json_member_uint (&w, "length", length);
+  json_key (&w, "extents");
+  json_begin_array (&a, fp);
+  for (i = 0; i < m->n; ++i) {
+    json_element (&a);
+    json_begin (&e, fp);
+    json_member_uint (&e, "offset", m->e[i].offset);
+    json_member_uint (&e, "length", m->e[i].length);
+    json_member_bool (&e, "in_scope", m->e[i].in_scope);
+    json_member_bool (&e, "zero", m->e[i].zero);
+    json_end (&e);
+  }
+  json_end_array (&a);
   if (pos < end)
-    fprintf (fp, "],\"next\":%" PRIu64, pos);
+    json_member_uint (&w, "next", pos);
   else
-    fputs ("],\"next\":null", fp);
+    json_member_null (&w, "next");
 }
 
 int

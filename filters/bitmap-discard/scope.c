@@ -68,6 +68,8 @@
 #include "bitmap.h"
 #include "cbw-contract.h"
 #include "cleanup.h"
+#include "context.h"
+#include "json.h"
 #include "rounding.h"
 #include "commands.h"
 #include "dirty.h"
@@ -448,11 +450,8 @@ read_cbw_status (struct cbw_status *st)
 static void
 close_holder (void)
 {
-  if (holder) {
-    holder->finalize (holder);
-    nbdkit_next_context_close (holder);
-    holder = NULL;
-  }
+  context_close_below (holder);
+  holder = NULL;
 }
 
 /* Steps 4 and 5: take the PIT below and release what is out of scope
@@ -461,23 +460,19 @@ close_holder (void)
 static int
 open_holder (char *err, size_t errlen)
 {
+  struct context_caps caps;
   uint64_t g, first;
   int e;
 
-  holder = nbdkit_next_context_open (backend, 0, SNAPSHOT_EXPORT, 1);
+  holder = context_open_below (backend, 0, SNAPSHOT_EXPORT,
+                               "bitmap-discard", &caps);
   if (holder == NULL) {
     snprintf (err, errlen, "cannot open the \"snapshot\" export below "
               "(see the nbdkit log)");
     return -1;
   }
-  /* nbdkit requires the size and the capabilities we use to be asked
-   * before any data call on a context opened by hand.
-   */
-  if (holder->prepare (holder) == -1 ||
-      holder->get_size (holder) != (int64_t) disk_size ||
-      holder->can_write (holder) != 1 ||
-      holder->can_trim (holder) != 1 ||
-      holder->can_extents (holder) == -1) {
+  if (caps.size != (int64_t) disk_size ||
+      caps.can_write != 1 || caps.can_trim != 1) {
     snprintf (err, errlen, "the \"snapshot\" export below is not usable "
               "(is the cbw filter below this one?)");
     close_holder ();
@@ -571,6 +566,7 @@ snapshot_publish (const char *since, const char *checkpoint,
                   uint64_t freeze, uint64_t bytes, FILE *fp)
 {
   uint64_t gen;
+  struct json_writer w;
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -581,14 +577,15 @@ snapshot_publish (const char *since, const char *checkpoint,
     strcpy (since_name, since ? since : "");
     strcpy (ckpt_name, checkpoint ? checkpoint : "");
   }
-  fprintf (fp, ",\"generation\":%" PRIu64 ",\"scope_bytes\":%" PRIu64,
-           gen, bytes);
+  json_init (&w, fp, true);
+  json_member_uint (&w, "generation", gen);
+  json_member_uint (&w, "scope_bytes", bytes);
   if (since)
-    fprintf (fp, ",\"since\":\"%s\"", since);
+    json_member_string (&w, "since", since);
   if (checkpoint)
-    fprintf (fp, ",\"checkpoint\":\"%s\"", checkpoint);
+    json_member_string (&w, "checkpoint", checkpoint);
   if (freeze)
-    fprintf (fp, ",\"freeze\":%" PRIu64, freeze);
+    json_member_uint (&w, "freeze", freeze);
   nbdkit_debug ("bitmap-discard: snapshot %" PRIu64 " taken, scope %"
                 PRIu64 " bytes", gen, bytes);
 }
@@ -683,9 +680,12 @@ settle_checkpoint (bool ok, const char *name, FILE *fp)
   struct cbw_status cs;
   const char *reason = NULL;
   char err[256];
+  struct json_writer w;
 
+  json_init (&w, fp, true);
   if (name[0] == '\0') {
-    fputs (",\"checkpoint\":null,\"committed\":false", fp);
+    json_member_null (&w, "checkpoint");
+    json_member_bool (&w, "committed", false);
     return;
   }
   if (!ok)
@@ -694,21 +694,22 @@ settle_checkpoint (bool ok, const char *name, FILE *fp)
     reason = "the state of the snapshot below could not be read";
   else if (cs.broken)
     reason = "the snapshot broke below (see cbw in status)";
-  fprintf (fp, ",\"checkpoint\":\"%s\"", name);
+  json_member_string (&w, "checkpoint", name);
   if (dirty_checkpoint_settle (reason == NULL, name, err, sizeof err) == -1) {
-    fputs (",\"committed\":false,\"dropped_reason\":", fp);
-    json_string (fp, err);
+    json_member_bool (&w, "committed", false);
+    json_member_string (&w, "dropped_reason", err);
     return;
   }
-  fprintf (fp, ",\"committed\":%s", reason ? "false" : "true");
+  json_member_bool (&w, "committed", reason == NULL);
   if (reason)
-    fprintf (fp, ",\"dropped_reason\":\"%s\"", reason);
+    json_member_string (&w, "dropped_reason", reason);
 }
 
 int
 scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
 {
   char name[CKPT_NAME_MAX + 1];
+  struct json_writer w;
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -718,7 +719,8 @@ scope_release_snapshot (bool ok, FILE *fp, char *err, size_t errlen)
     }
     state = SC_NONE;
     strcpy (name, ckpt_name);
-    fprintf (fp, ",\"clients\":%u", clients);
+    json_init (&w, fp, true);
+    json_member_uint (&w, "clients", clients);
     /* A client that joined the snapshot but has not opened cbw's
      * "snapshot" below yet would, once the holder is gone, make cbw
      * take a new point in time that does not match the scope.  Let
@@ -775,48 +777,50 @@ scope_status (FILE *fp)
   struct dirty_stats ds;
   struct gate_stats gs;
   struct cbw_status cs;
-  uint64_t remaining = 0;
+  struct json_writer w, t;
 
   dirty_get_stats (&ds);
   gate_get_stats (&gs);
+  json_init (&w, fp, true);
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    if (scope_valid)
-      remaining = map_bytes (&scope);
-    fprintf (fp, ",\"state\":\"%s\",\"generation\":%" PRIu64
-             ",\"since\":\"%s\",\"checkpoint\":\"%s\""
-             ",\"scope_bytes\":%" PRIu64 ",\"remaining_bytes\":%" PRIu64
-             ",\"released_bytes\":%" PRIu64 ",\"clients\":%u"
-             ",\"granularity\":%" PRIu32 ",\"disk_size\":%" PRIu64,
-             state == SC_NONE ? "none" : "active", generation,
-             since_name, ckpt_name, scope_valid ? scope_bytes : 0,
-             remaining, released_bytes, clients, bd_granularity, disk_size);
+    json_member_string (&w, "state", state == SC_NONE ? "none" : "active");
+    json_member_uint (&w, "generation", generation);
+    json_member_string (&w, "since", since_name);
+    json_member_string (&w, "checkpoint", ckpt_name);
+    json_member_uint (&w, "scope_bytes", scope_valid ? scope_bytes : 0);
+    json_member_uint (&w, "remaining_bytes",
+                      scope_valid ? map_bytes (&scope) : 0);
+    json_member_uint (&w, "released_bytes", released_bytes);
+    json_member_uint (&w, "clients", clients);
+    json_member_uint (&w, "granularity", bd_granularity);
+    json_member_uint (&w, "disk_size", disk_size);
   }
-  fprintf (fp, ",\"tracking\":{\"enabled\":%s,\"tracking\":%s,"
-           "\"failed\":%s,\"checkpoints\":%u,\"dirty_bytes\":%" PRIu64
-           ",\"syncs\":%" PRIu64 ",\"synced_marks\":%" PRIu64 "}",
-           ds.enabled ? "true" : "false", ds.tracking ? "true" : "false",
-           ds.failed ? "true" : "false", ds.nr_checkpoints,
-           ds.active_dirty_bytes, ds.syncs, ds.marks_synced);
-  if (ds.pending[0])
-    fprintf (fp, ",\"pending_checkpoint\":\"%s\"", ds.pending);
-  else
-    fputs (",\"pending_checkpoint\":null", fp);
-  fprintf (fp, ",\"frozen\":%s", gs.frozen ? "true" : "false");
+  json_key (&w, "tracking");
+  json_begin (&t, fp);
+  json_member_bool (&t, "enabled", ds.enabled);
+  json_member_bool (&t, "tracking", ds.tracking);
+  json_member_bool (&t, "failed", ds.failed);
+  json_member_uint (&t, "checkpoints", ds.nr_checkpoints);
+  json_member_uint (&t, "dirty_bytes", ds.active_dirty_bytes);
+  json_member_uint (&t, "syncs", ds.syncs);
+  json_member_uint (&t, "synced_marks", ds.marks_synced);
+  json_end (&t);
+  json_member_string (&w, "pending_checkpoint",
+                      ds.pending[0] ? ds.pending : NULL);
+  json_member_bool (&w, "frozen", gs.frozen);
   if (gs.frozen)
-    fprintf (fp, ",\"freeze\":%" PRIu64, gs.freeze_id);
+    json_member_uint (&w, "freeze", gs.freeze_id);
   else
-    fputs (",\"freeze\":null", fp);
-  fprintf (fp, ",\"freeze_remaining\":%.3f,\"freezes_expired\":%" PRIu64
-           ",\"writes_held\":%" PRIu64 ",\"writes_in_flight\":%" PRIu64,
-           gs.freeze_remaining, gs.freezes_expired, gs.writes_held,
-           gs.writes_in_flight);
-  if (ds.warning[0]) {
-    fputs (",\"warning\":", fp);
-    json_string (fp, ds.warning);
-  }
+    json_member_null (&w, "freeze");
+  json_member_fixed (&w, "freeze_remaining", 3, gs.freeze_remaining);
+  json_member_uint (&w, "freezes_expired", gs.freezes_expired);
+  json_member_uint (&w, "writes_held", gs.writes_held);
+  json_member_uint (&w, "writes_in_flight", gs.writes_in_flight);
+  if (ds.warning[0])
+    json_member_string (&w, "warning", ds.warning);
   if (read_cbw_status (&cs) == 0 && cs.json[0] == '{')
-    fprintf (fp, ",\"cbw\":%s", cs.json);
+    json_member_raw (&w, "cbw", cs.json);
   else
-    fputs (",\"cbw\":null", fp);
+    json_member_null (&w, "cbw");
 }

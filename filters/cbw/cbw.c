@@ -31,6 +31,7 @@
 #include <nbdkit-filter.h>
 
 #include "cbw-contract.h"
+#include "context.h"
 #include "params.h"
 #include "rounding.h"
 #include "snap.h"
@@ -138,23 +139,15 @@ cbw_get_ready (int thread_model)
 static int
 cbw_after_fork (nbdkit_backend *backend)
 {
+  struct context_caps caps;
   nbdkit_next *next;
   int64_t size;
 
-  next = nbdkit_next_context_open (backend, 1, "", 1);
-  if (next == NULL) {
-    nbdkit_error ("cbw: cannot open the disk below");
+  next = context_open_below (backend, 1, "", "cbw", &caps);
+  if (next == NULL)
     return -1;
-  }
-  if (next->prepare (next) == -1) {
-    nbdkit_next_context_close (next);
-    return -1;
-  }
-  size = next->get_size (next);
-  next->finalize (next);
-  nbdkit_next_context_close (next);
-  if (size == -1)
-    return -1;
+  size = caps.size;
+  context_close_below (next);
 
   if (store_open (size, cbw_cluster_size) == -1)
     return -1;

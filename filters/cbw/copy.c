@@ -129,7 +129,7 @@ copy_run (nbdkit_next *next, uint64_t first, uint64_t end, int *err)
   const uint64_t piece = MAX ((uint64_t) cbw_cluster_size, 8u << 20);
 
   if (cbw_timeout > 0) {
-    deadline_after (cbw_timeout, &deadline);
+    deadline = deadline_after (cbw_timeout);
     dl = &deadline;
   }
 

@@ -18,6 +18,7 @@
 #include "bitmap.h"
 #include "rounding.h"
 #include "snap.h"
+#include "timespec.h"
 
 /* Cluster states: see the table at the top of snap.c. */
 enum { CL_FREE = 0, CL_NEEDED = 1, CL_COPYING = 2, CL_SAVED = 3 };
@@ -102,19 +103,6 @@ clusters_touched (uint64_t offset, uint64_t count,
   *first = offset / cbw_cluster_size;
   *end = (offset + count - 1) / cbw_cluster_size + 1;
   assert (*end <= eng.nr_clusters);
-}
-
-/* *TS = now + SECONDS, on CLOCK_MONOTONIC. */
-static inline void
-deadline_after (double seconds, struct timespec *ts)
-{
-  clock_gettime (CLOCK_MONOTONIC, ts);
-  ts->tv_sec += (time_t) seconds;
-  ts->tv_nsec += (long) ((seconds - (time_t) seconds) * 1e9);
-  if (ts->tv_nsec >= 1000000000) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000;
-  }
 }
 
 #endif /* NBDKIT_CBW_ENGINE_H */

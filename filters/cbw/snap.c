@@ -109,6 +109,7 @@
 #include "bitmap.h"
 #include "cbw-contract.h"
 #include "cleanup.h"
+#include "json.h"
 #include "copy.h"
 #include "engine.h"
 #include "reqlist.h"
@@ -375,23 +376,12 @@ snap_close (void)
   if (--contexts > 0)
     return;
   if (cbw_linger > 0) {
-    deadline_after (cbw_linger, &linger_deadline);
+    linger_deadline = deadline_after (cbw_linger);
     lingering = true;
     pthread_cond_signal (&linger_cond);
   }
   else
     end_snapshot_locked ();
-}
-
-/* True if the clock has reached *TS (CLOCK_MONOTONIC). */
-static bool
-reached (const struct timespec *ts)
-{
-  struct timespec now;
-
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return now.tv_sec > ts->tv_sec ||
-    (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
 }
 
 /* The linger thread ends a lingering snapshot at its deadline. */
@@ -405,7 +395,7 @@ linger_main (void *arg)
       pthread_cond_wait (&linger_cond, &eng.lock);
       continue;
     }
-    if (!reached (&linger_deadline)) {
+    if (!deadline_reached (linger_deadline)) {
       pthread_cond_clockwait (&linger_cond, &eng.lock, CLOCK_MONOTONIC,
                               &linger_deadline);
       continue;
@@ -799,28 +789,34 @@ snap_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
   return r;
 }
 
+/* The status object (see snap.h). */
 void
 snap_status_json (char *buf, size_t len)
 {
-  char ram[1024];
+  char ram[2048];
+  struct json_writer w;
+  FILE *fp = json_buffer_open (buf, len);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&eng.lock);
 
+  if (fp == NULL)
+    return;
   store_status_json (ram, sizeof ram);
-  snprintf (buf, len,
-            "{\"version\":%d,"
-            "\"state\":\"%s\",\"generation\":%" PRIu64 ","
-            "\"cluster_size\":%" PRIu32 ",\"disk_size\":%" PRIu64 ","
-            "\"preserved_bytes\":%" PRIu64 ",\"copied_bytes\":%" PRIu64 ","
-            "\"released_bytes\":%" PRIu64 ",\"cbw_failures\":%" PRIu64 ","
-            "\"broken\":%s,\"broken_reason\":%s%s%s,"
-            "\"snapshot_contexts\":%u,"
-            "\"store_allocated_bytes\":%" PRIi64 ",%s}",
-            CBW_STATUS_VERSION, state_name_locked (), eng.generation,
-            cbw_cluster_size,
-            eng.disk_size, eng.preserved_bytes, eng.copied_bytes,
-            eng.released_bytes, eng.cbw_failures,
-            eng.broken ? "true" : "false",
-            eng.broken_why ? "\"" : "", eng.broken_why ?: "null",
-            eng.broken_why ? "\"" : "", contexts,
-            store_allocated_bytes (), ram);
+  json_begin (&w, fp);
+  json_member_int (&w, "version", CBW_STATUS_VERSION);
+  json_member_string (&w, "state", state_name_locked ());
+  json_member_uint (&w, "generation", eng.generation);
+  json_member_uint (&w, "cluster_size", cbw_cluster_size);
+  json_member_uint (&w, "disk_size", eng.disk_size);
+  json_member_uint (&w, "preserved_bytes", eng.preserved_bytes);
+  json_member_uint (&w, "copied_bytes", eng.copied_bytes);
+  json_member_uint (&w, "released_bytes", eng.released_bytes);
+  json_member_uint (&w, "cbw_failures", eng.cbw_failures);
+  json_member_bool (&w, "broken", eng.broken);
+  json_member_string (&w, "broken_reason", eng.broken_why);
+  json_member_uint (&w, "snapshot_contexts", contexts);
+  json_member_int (&w, "store_allocated_bytes", store_allocated_bytes ());
+  /* The store's members, already JSON. */
+  fprintf (fp, ",%s", ram);
+  json_end (&w);
+  json_buffer_close (fp, buf, len);
 }

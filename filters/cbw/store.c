@@ -68,6 +68,7 @@
 #include <nbdkit-filter.h>
 
 #include "cleanup.h"
+#include "json.h"
 #include "nbdconn.h"
 #include "params.h"
 #include "ramcache-engine.h"
@@ -704,30 +705,6 @@ store_wipe_ranges (store_range_fn next_range, void *opaque, int *err)
   return 0;
 }
 
-/* NUL-terminated S as a JSON string (with quotes) into BUF of LEN. */
-static void
-json_string (char *buf, size_t len, const char *s)
-{
-  size_t i = 0;
-
-  assert (len >= 3);
-  buf[i++] = '"';
-  for (; *s && i + 8 < len; s++) {
-    unsigned char ch = *s;
-
-    if (ch == '"' || ch == '\\') {
-      buf[i++] = '\\';
-      buf[i++] = ch;
-    }
-    else if (ch < 0x20)
-      i += snprintf (buf + i, len - i, "\\u%04x", ch);
-    else
-      buf[i++] = ch;
-  }
-  buf[i++] = '"';
-  buf[i] = '\0';
-}
-
 /* The link state as status shows it. */
 static const char *
 link_name (enum link_state st)
@@ -745,32 +722,32 @@ void
 store_status_json (char *buf, size_t len)
 {
   struct ramcache_stats st = { 0 };
-  char err[2 * sizeof last_error];
-  int n;
+  struct json_writer w;
+  FILE *fp = json_buffer_open (buf, len);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
+  if (fp == NULL)
+    return;
   /* No tier while a lost store is not replaced: it holds nothing. */
   if (ram)
     ramcache_get_stats (ram, &st);
-  json_string (err, sizeof err, last_error);
-  n = snprintf (buf, len,
-                "\"store_kind\":\"%s\",\"store_link\":\"%s\","
-                "\"store_restarts\":%" PRIu64 ",\"store_last_error\":%s,"
-                "\"store_use_bytes\":%" PRIu64 ","
-                "\"store_peak_bytes\":%" PRIu64 ","
-                "\"store_limit_bytes\":%" PRIu64 ",\"ram_limit\":%" PRIu64,
-                store_uri ? "nbd" : "qcow2", link_name (link_state),
-                restarts, err, use_bytes, peak_bytes, store_limit,
-                ram_limit);
-  if (ram_limit > 0 && n > 0 && (size_t) n < len)
-    snprintf (buf + n, len - n,
-              ",\"ram_held_bytes\":%" PRIu64 ","
-              "\"ram_dirty_bytes\":%" PRIu64 ","
-              "\"ram_written_below_bytes\":%" PRIu64 ","
-              "\"ram_dropped_bytes\":%" PRIu64 ","
-              "\"ram_writer_stalls\":%" PRIu64,
-              st.held_bytes, st.dirty_bytes, st.written_below_bytes,
-              st.dropped_bytes, st.writer_stalls);
+  json_init (&w, fp, false);
+  json_member_string (&w, "store_kind", store_uri ? "nbd" : "qcow2");
+  json_member_string (&w, "store_link", link_name (link_state));
+  json_member_uint (&w, "store_restarts", restarts);
+  json_member_string (&w, "store_last_error", last_error);
+  json_member_uint (&w, "store_use_bytes", use_bytes);
+  json_member_uint (&w, "store_peak_bytes", peak_bytes);
+  json_member_uint (&w, "store_limit_bytes", store_limit);
+  json_member_uint (&w, "ram_limit", ram_limit);
+  if (ram_limit > 0) {
+    json_member_uint (&w, "ram_held_bytes", st.held_bytes);
+    json_member_uint (&w, "ram_dirty_bytes", st.dirty_bytes);
+    json_member_uint (&w, "ram_written_below_bytes", st.written_below_bytes);
+    json_member_uint (&w, "ram_dropped_bytes", st.dropped_bytes);
+    json_member_uint (&w, "ram_writer_stalls", st.writer_stalls);
+  }
+  json_buffer_close (fp, buf, len);
 }
 
 /* Space the image takes (see store.h). */

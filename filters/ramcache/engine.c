@@ -117,6 +117,7 @@
 
 #include "cleanup.h"
 #include "rounding.h"
+#include "timespec.h"
 
 #include "ramcache-engine.h"
 
@@ -131,7 +132,7 @@
 #define MAX_WRITERS 16
 
 /* How long writers wait before retrying after a failed write below. */
-#define RETRY_NSEC (100 * 1000 * 1000)
+#define RETRY_SECONDS 0.1
 
 enum block_state {
   BLOCK_FILLING,
@@ -389,14 +390,9 @@ release_block (struct ramcache *rc, struct block *b)
 static bool
 in_retry_delay (struct ramcache *rc)
 {
-  struct timespec now;
-
   if (rc->wb_failures == 0)
     return false;
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return now.tv_sec < rc->retry_at.tv_sec ||
-    (now.tv_sec == rc->retry_at.tv_sec &&
-     now.tv_nsec < rc->retry_at.tv_nsec);
+  return !deadline_reached (rc->retry_at);
 }
 
 /* Is write-back wanted now?  Ends draining at low_water. */
@@ -485,12 +481,7 @@ run_job (struct ramcache *rc, struct writer *w)
       err = EIO;
     rc->wb_failures++;
     rc->wb_errno = err;
-    clock_gettime (CLOCK_MONOTONIC, &rc->retry_at);
-    rc->retry_at.tv_nsec += RETRY_NSEC;
-    if (rc->retry_at.tv_nsec >= 1000000000) {
-      rc->retry_at.tv_sec++;
-      rc->retry_at.tv_nsec -= 1000000000;
-    }
+    rc->retry_at = deadline_after (RETRY_SECONDS);
     nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
                   " failed: %s (will retry)", count, offset, strerror (err));
   }

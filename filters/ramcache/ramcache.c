@@ -26,6 +26,7 @@
 #include <nbdkit-filter.h>
 
 #include "cleanup.h"
+#include "context.h"
 #include "params.h"
 #include "rounding.h"
 
@@ -150,8 +151,7 @@ ramcache_filter_cleanup (nbdkit_backend *backend)
     rc = NULL;
   }
   if (below_next) {
-    below_next->finalize (below_next);
-    nbdkit_next_context_close (below_next);
+    context_close_below (below_next);
     below_next = NULL;
   }
 }
@@ -235,37 +235,15 @@ ramcache_filter_after_fork (nbdkit_backend *backend)
     .trim = below_trim,
     .flush = below_flush,
   };
-  int64_t size;
-  int r;
+  struct context_caps caps;
 
-  below_next = nbdkit_next_context_open (backend, 0, "", 1);
-  if (below_next == NULL) {
-    nbdkit_error ("ramcache: cannot open the disk below");
+  below_next = context_open_below (backend, 0, "", "ramcache", &caps);
+  if (below_next == NULL)
     return -1;
-  }
-  if (below_next->prepare (below_next) == -1)
-    return -1;
-  /* nbdkit wants every capability asked before the data calls. */
-  size = below_next->get_size (below_next);
-  if (size == -1)
-    return -1;
-  if (below_next->can_write (below_next) == -1 ||
-      below_next->can_zero (below_next) == -1 ||
-      below_next->can_fua (below_next) == -1 ||
-      below_next->can_extents (below_next) == -1 ||
-      below_next->can_cache (below_next) == -1 ||
-      below_next->can_fast_zero (below_next) == -1)
-    return -1;
-  r = below_next->can_flush (below_next);
-  if (r == -1)
-    return -1;
-  below_can_flush = r;
-  r = below_next->can_trim (below_next);
-  if (r == -1)
-    return -1;
-  below_can_trim = r;
+  below_can_flush = caps.can_flush;
+  below_can_trim = caps.can_trim;
 
-  rc = ramcache_new (ramcache_size, ramcache_block_size, size, &ops);
+  rc = ramcache_new (ramcache_size, ramcache_block_size, caps.size, &ops);
   if (rc == NULL)
     return -1;
   ramcache_set_verbose (rc, ramcache_debug_verbose);

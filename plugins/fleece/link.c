@@ -55,9 +55,11 @@
 #include <nbdkit-plugin.h>
 
 #include "cleanup.h"
+#include "json.h"
 #include "link.h"
 #include "nbdconn.h"
 #include "params.h"
+#include "timespec.h"
 
 /* Back-off between connection attempts, in seconds. */
 #define BACKOFF_MIN 0.1
@@ -111,9 +113,11 @@ static pthread_t reconnector;
 static bool reconnector_started;
 
 /* The text last written to the status file (owned by the reconnect
- * thread while it runs).
+ * thread while it runs).  STATUS_MAX holds the members with
+ * last_error at its worst (every byte escaped as \u00XX).
  */
-static char status_last[2048];
+#define STATUS_MAX (6 * sizeof last_error + 1024)
+static char status_last[STATUS_MAX];
 
 static void link_status_json (char *buf, size_t len);
 static int status_write (char *last, size_t len);
@@ -466,39 +470,6 @@ caps_same_disk (const struct link_caps *now, char *msg, size_t len)
   return true;
 }
 
-/* Time arithmetic. */
-static struct timespec
-ts_add (struct timespec t, double secs)
-{
-  long long ns = (long long) (secs * 1e9);
-
-  t.tv_sec += ns / 1000000000;
-  t.tv_nsec += ns % 1000000000;
-  if (t.tv_nsec >= 1000000000) {
-    t.tv_sec++;
-    t.tv_nsec -= 1000000000;
-  }
-  return t;
-}
-
-/* True if A is earlier than B. */
-static bool
-ts_before (struct timespec a, struct timespec b)
-{
-  return a.tv_sec < b.tv_sec ||
-    (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
-}
-
-/* The current CLOCK_MONOTONIC time. */
-static struct timespec
-ts_now (void)
-{
-  struct timespec t;
-
-  clock_gettime (CLOCK_MONOTONIC, &t);
-  return t;
-}
-
 /* How many connections to use: several only if the live disk says
  * that they see each other's writes at once (multi-conn).
  */
@@ -628,7 +599,7 @@ try_reconnect (char *msg, size_t len)
 static int
 status_write (char *last, size_t len)
 {
-  char text[2048], tmpname[PATH_MAX];
+  char text[STATUS_MAX], tmpname[PATH_MAX];
   FILE *fp;
 
   if (status_file == NULL)
@@ -847,53 +818,30 @@ link_request (const struct link_req *r, int *err)
   }
 }
 
-/* Write S into BUF as a JSON string (quoted, escaped). */
-static void
-json_string (char *buf, size_t len, const char *s)
-{
-  size_t o = 0;
-
-  if (len < 3)
-    return;
-  buf[o++] = '"';
-  for (; *s && o + 8 < len; s++) {
-    unsigned char ch = *s;
-
-    if (ch == '"' || ch == '\\') {
-      buf[o++] = '\\';
-      buf[o++] = ch;
-    }
-    else if (ch < 0x20)
-      o += snprintf (buf + o, len - o, "\\u%04x", ch);
-    else
-      buf[o++] = ch;
-  }
-  buf[o++] = '"';
-  buf[o] = '\0';
-}
-
 /* The link's state as JSON members (no braces), into BUF. */
 static void
 link_status_json (char *buf, size_t len)
 {
-  char err[1024];               /* bounded: json_string truncates */
+  struct json_writer w;
+  FILE *fp = json_buffer_open (buf, len);
   const char *state;
   double down = 0;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
+  if (fp == NULL)
+    return;
   if (cur)
     state = "up";
   else {
-    struct timespec now = ts_now ();
-
-    down = (now.tv_sec - lost_at.tv_sec) +
-      (now.tv_nsec - lost_at.tv_nsec) / 1e9;
+    down = ts_seconds_between (lost_at, ts_now ());
     state = down < reconnect_delay ? "reconnecting" : "down";
   }
-  json_string (err, sizeof err, last_error);
-  snprintf (buf, len,
-            "\"live_state\":\"%s\",\"live_reconnects\":%" PRIu64 ","
-            "\"live_down_seconds\":%.1f,\"live_last_error\":%s,"
-            "\"live_connections\":%u,\"live_reconnect_delay\":%g",
-            state, reconnects, down, err, nconns, reconnect_delay);
+  json_init (&w, fp, false);
+  json_member_string (&w, "live_state", state);
+  json_member_uint (&w, "live_reconnects", reconnects);
+  json_member_fixed (&w, "live_down_seconds", 1, down);
+  json_member_string (&w, "live_last_error", last_error);
+  json_member_uint (&w, "live_connections", nconns);
+  json_member_double (&w, "live_reconnect_delay", reconnect_delay);
+  json_buffer_close (fp, buf, len);
 }
