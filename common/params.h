@@ -1,4 +1,4 @@
-/* nbdkit-fleece: parsing of size and boolean parameters.
+/* nbdkit-fleece: parsing of size, boolean and seconds parameters.
  * SPDX-License-Identifier: BSD-3-Clause
  *
  * nbdkit_parse_size and nbdkit_parse_bool report a bad value without
@@ -10,8 +10,10 @@
 #ifndef NBDKIT_FLEECE_PARAMS_H
 #define NBDKIT_FLEECE_PARAMS_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <nbdkit-common.h>
 
@@ -47,6 +49,27 @@ param_bool (const char *who, const char *key, const char *value,
     return -1;
   }
   *ret = r;
+  return 0;
+}
+
+/* Parse VALUE of parameter KEY as a number of seconds, a decimal
+ * between 0 and 86400 (one day), into *RET.
+ */
+static inline int
+param_seconds (const char *who, const char *key, const char *value,
+               double *ret)
+{
+  char *end;
+  double d;
+
+  errno = 0;
+  d = strtod (value, &end);
+  if (errno || end == value || *end != '\0' || !(d >= 0) || d > 86400) {
+    nbdkit_error ("%s: %s=%s: expected a number of seconds "
+                  "between 0 and 86400 (decimals allowed)", who, key, value);
+    return -1;
+  }
+  *ret = d;
   return 0;
 }
 

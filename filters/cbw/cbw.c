@@ -44,24 +44,6 @@ struct cbw_handle {
   enum export_kind kind;
 };
 
-/* Parse a number of seconds: a non-negative decimal. */
-static int
-parse_seconds (const char *key, const char *value, double *ret)
-{
-  char *end;
-  double d;
-
-  errno = 0;
-  d = strtod (value, &end);
-  if (errno || end == value || *end != '\0' || !(d >= 0) || d > 86400) {
-    nbdkit_error ("cbw: %s=%s: expected a number of seconds "
-                  "between 0 and 86400 (decimals allowed)", key, value);
-    return -1;
-  }
-  *ret = d;
-  return 0;
-}
-
 static void
 cbw_unload (void)
 {
@@ -89,9 +71,9 @@ cbw_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   if (strcmp (key, "cbw-linger") == 0)
-    return parse_seconds (key, value, &cbw_linger);
+    return param_seconds ("cbw", key, value, &cbw_linger);
   if (strcmp (key, "cbw-timeout") == 0)
-    return parse_seconds (key, value, &cbw_timeout);
+    return param_seconds ("cbw", key, value, &cbw_timeout);
   if (strcmp (key, "cbw-on-error") == 0) {
     if (strcmp (value, "break-snapshot") == 0)
       cbw_on_error = CBW_BREAK_SNAPSHOT;

@@ -122,24 +122,6 @@ static char status_last[STATUS_MAX];
 static void link_status_json (char *buf, size_t len);
 static int status_write (char *last, size_t len);
 
-/* Parse a number of seconds. */
-static int
-parse_seconds (const char *key, const char *value, double *ret)
-{
-  char *end;
-  double d;
-
-  errno = 0;
-  d = strtod (value, &end);
-  if (errno || end == value || *end != '\0' || !(d >= 0) || d > 86400) {
-    nbdkit_error ("fleece: %s=%s: expected a number of seconds "
-                  "between 0 and 86400 (decimals allowed)", key, value);
-    return -1;
-  }
-  *ret = d;
-  return 0;
-}
-
 /* The TLS keys: 1 if KEY is one of them, -1 on a bad value. */
 static int
 tls_config (const char *key, const char *value)
@@ -193,7 +175,8 @@ link_config (const char *key, const char *value)
     return 1;
   }
   if (strcmp (key, "live-reconnect-delay") == 0)
-    return parse_seconds (key, value, &reconnect_delay) == -1 ? -1 : 1;
+    return param_seconds ("fleece", key, value,
+                          &reconnect_delay) == -1 ? -1 : 1;
   if (strcmp (key, "live-status-file") == 0) {
     free (status_file);
     status_file = nbdkit_absolute_path (value);
