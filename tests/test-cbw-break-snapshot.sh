@@ -17,7 +17,7 @@
 # The default policy is break-snapshot: run with it given and not.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

@@ -16,7 +16,7 @@
 # snapshot still shows the PIT while the live disk has the new data.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

@@ -21,7 +21,7 @@
 # At the end the live disk must hold every writer's last writes.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

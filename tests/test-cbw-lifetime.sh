@@ -18,7 +18,7 @@
 #   $TMPDIR/nbdkit-cbw-XXXXXX.qcow2, removed at exit.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

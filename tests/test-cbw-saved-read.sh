@@ -29,7 +29,7 @@
 # No timing decides it: the test only looks at which ended first.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

@@ -15,7 +15,7 @@
 # (No timing is asserted: only which of the outcomes happened.)
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

@@ -10,7 +10,7 @@
 # an unknown parameter.  The plugin's --dump-plugin and --help work.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 

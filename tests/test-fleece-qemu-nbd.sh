@@ -10,7 +10,7 @@
 # point-in-time copy under concurrent writers (pit-torture).
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 

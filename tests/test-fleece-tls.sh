@@ -13,7 +13,7 @@
 # message about TLS; bad TLS parameters are refused naming the key.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 

@@ -1,4 +1,5 @@
-# nbdkit-fleece: helpers for the bitmap-discard tests (sourced).
+# nbdkit-fleece: helpers for the bitmap-discard tests (not a test: the
+# test-bitmap-discard-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
 
 # ctl SOCKET COMMAND...: send each COMMAND on the control socket, print

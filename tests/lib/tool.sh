@@ -1,7 +1,8 @@
-# nbdkit-fleece: helpers for the nbdkit-fleece-ctl tests (sourced).
+# nbdkit-fleece: helpers for the nbdkit-fleece-ctl tests (not a test:
+# the test-tool-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
 
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 
 # start_stack DIR SIZE [ARGS...]: a live disk of SIZE in memory
 # (DIR/live.sock) and the bitmap-discard + cbw stack in front of it

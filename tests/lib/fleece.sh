@@ -1,4 +1,3 @@
-#!/usr/bin/env bash
 # nbdkit-fleece: helpers for the fleece plugin tests (not a test: the
 # test-fleece-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
