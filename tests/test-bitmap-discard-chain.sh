@@ -39,6 +39,7 @@ BD_WRITER_DELAY_US=50000 BD_WRITER_MAX_LEN=131072 \
     "$TESTS_BIN/bitmap-discard-writer" "nbd+unix:///?socket=$d/sock" \
     "$d/w" 4 1 > "$d/writer.out" &
 wpid=$!
+track_pid "$wpid"
 wait_for "$d/w/running"
 
 # backup N SNAPSHOT-ARGS [BACKING]: pause the writer, copy the live

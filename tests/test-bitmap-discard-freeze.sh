@@ -88,6 +88,7 @@ BD_WRITER_DELAY_US=20000 BD_WRITER_MAX_LEN=131072 \
     "$TESTS_BIN/bitmap-discard-writer" "$uri" "$d/w" 4 7 \
     > "$d/writer.out" &
 wpid=$!
+track_pid "$wpid"
 wait_for "$d/w/running"
 
 # Freeze.  From the reply on, nothing reaches the disk: copy it now,

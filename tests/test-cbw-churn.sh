@@ -33,7 +33,6 @@ live_sock="$tmp/live.sock"
 live_uri="nbd+unix:///?socket=$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" \
              --filter=delay memory 8M delay-write=5ms
-_cbw_pids+=("$pid")
 start_cbw
 export writer_uri snap_uri status_uri
 timeout 300 python3 - <<'PY'

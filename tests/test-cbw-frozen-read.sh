@@ -68,7 +68,6 @@ run ()
                  pread="$tmp/pread.sh"' "$@"' \
                  pwrite="$tmp/pwrite.sh"' "$@"' \
                  can_write='exit 0' flush='exit 0'
-    _cbw_pids+=("$pid")
     live_pid="$pid"
     start_cbw
     export writer_uri snap_uri writers

@@ -25,7 +25,6 @@ live_sock="$tmp/live.sock"
 live_uri="nbd+unix:///?socket=$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" -v --log=stderr \
              --filter=delay memory 4M delay-write=2 2>"$tmp/live.log"
-_cbw_pids+=("$pid")
 start_cbw
 
 g0=$(status_field generation)

@@ -67,7 +67,6 @@ start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
              pread="$tmp/pread.sh"' "$@"' \
              pwrite="$tmp/pwrite.sh"' "$@"' \
              can_write='exit 0' flush='exit 0'
-_cbw_pids+=("$pid")
 start_cbw
 export writer_uri snap_uri
 

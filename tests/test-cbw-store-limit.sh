@@ -41,7 +41,7 @@ run ()
            cbw-image="$tmp/fleece.qcow2" cbw-store-limit=256K \
            cbw-on-error="$policy" "$@" 2>"$tmp/log" &
     cbw_pid=$!
-    _cbw_pids+=("$cbw_pid")
+    track_pid "$cbw_pid"
     for i in $(seq 1 600); do
         [ -s "$tmp/cbw.pid" ] && break
         kill -0 "$cbw_pid"

@@ -44,7 +44,6 @@ start_store ()
     rm -f "$tmp/store.sock"
     start_nbdkit -P "$tmp/store.pid" -U "$tmp/store.sock" memory 4M
     store_pid="$pid"
-    _cbw_pids+=("$pid")
 }
 
 # run KIND POLICY [ARGS...]: KIND is qcow2 or uri.

@@ -31,7 +31,6 @@ run ()
     start_nbdkit -P "$tmp/store.pid" -U "$tmp/store.sock" \
                  --filter=log memory "$size" logfile="$tmp/store.log"
     store_pid="$pid"
-    _cbw_pids+=("$pid")
     start_cbw cbw-store="nbd+unix:///?socket=$tmp/store.sock" \
               cbw-cluster-size=16M "$@"
 

@@ -24,7 +24,6 @@ cbw_requires
 store_sock="$tmp/store.sock"
 start_nbdkit -P "$tmp/store.pid" -U "$store_sock" \
              --filter=delay memory 4M delay-write=3 delay-zero=3
-_cbw_pids+=("$pid")
 
 # run EXPECT CBW-PARAMS...: EXPECT is fail-write, broken or ok.
 run ()

@@ -34,7 +34,6 @@ run ()
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" -v --log=stderr \
                  --filter=delay memory 4M delay-read=2 \
                  2>"$tmp/live.log"
-    _fleece_pids+=("$pid")
     live_pid="$pid"
     : > "$tmp/fleece.log"
     # -v keeps the daemon's stderr (for the "connection lost" message).

@@ -35,7 +35,6 @@ start_live ()
                  --filter=log file "$tmp/live.img" logfile="$tmp/live.log" \
                  ${2:+"$2"}
     live_pid="$pid"
-    _fleece_pids+=("$live_pid")
 }
 
 # live_status KEY: print KEY of the status file.

@@ -26,7 +26,6 @@ run ()
 {
     rm -f "$live_sock"
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" "$@"
-    _fleece_pids+=("$pid")
     live_pid="$pid"
     start_fleece live="$live_uri"
     passthrough_check "$live_uri" "$fleece_uri"

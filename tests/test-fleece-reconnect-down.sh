@@ -28,7 +28,6 @@ start_live ()
     rm -f "$live_sock"
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" file "$1"
     live_pid="$pid"
-    _fleece_pids+=("$live_pid")
 }
 
 stop_live ()

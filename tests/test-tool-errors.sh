@@ -56,7 +56,7 @@ while True:
         time.sleep(60)
 PYEOF
     fake_pid=$!
-    cleanup_fn kill_pid "$fake_pid"
+    track_pid "$fake_pid"
     wait_for "$1"
 }
 

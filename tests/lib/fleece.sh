@@ -18,18 +18,6 @@ fleece_requires ()
     requires_nbd_python
 }
 
-# Servers started here are stopped cleanly (SIGTERM, and wait) at exit,
-# newest first, before anything else is cleaned up.
-_fleece_pids=()
-_fleece_stop_all ()
-{
-    local IFS=$' \t\n' i
-    for ((i = ${#_fleece_pids[@]} - 1; i >= 0; i--)); do
-        kill_pid "${_fleece_pids[$i]}"
-    done
-}
-cleanup_fn _fleece_stop_all
-
 fleece_opts=()
 
 tmp="$(mktemp -d /tmp/fleece-test.XXXXXX)"
@@ -44,7 +32,6 @@ start_fleece ()
                  "${fleece_opts[@]}" \
                  "$FLEECE_PLUGIN" "$@" 2>>"$tmp/fleece.log"
     fleece_pid="$pid"
-    _fleece_pids+=("$pid")
 }
 
 passthrough_check ()

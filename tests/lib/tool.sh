@@ -117,6 +117,6 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 PYEOF
     proxy_pid=$!
-    cleanup_fn kill_pid "$proxy_pid"
+    track_pid "$proxy_pid"
     wait_for "$1"
 }
