@@ -50,7 +50,7 @@ ctl_ok "$d/ctl" "release"
 export d
 timeout -k 5 300 python3 - <<'PYEOF'
 import json, os, random, socket, subprocess
-from cbwtest import conn
+from fleecetest import conn
 
 d = os.environ["d"]
 size = 32 << 20

@@ -38,7 +38,7 @@ export writer_uri snap_uri status_uri
 timeout 300 python3 - <<'PY'
 import json, os, random, struct, threading, time
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 SIZE = 8 << 20
 B = 4096

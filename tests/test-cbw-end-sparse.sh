@@ -25,7 +25,7 @@ export writer_uri snap_uri status_uri
 
 timeout 60 python3 - <<'PY'
 import os
-from cbwtest import conn, end_snapshot, status
+from fleecetest import conn, end_snapshot, status
 
 C = 16 << 20
 far = (1 << 50) - C             # the last cluster of the disk

@@ -41,7 +41,7 @@ step ()
 cat > "$tmp/steps.py" <<'PY'
 import json, os, sys
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 K = 1024
 C = 64 * K

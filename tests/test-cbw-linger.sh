@@ -27,7 +27,7 @@ export tmp
 cat > "$tmp/linger.py" <<'PY'
 import json, os, sys
 import nbd
-from cbwtest import conn
+from fleecetest import conn
 
 C = 64 * 1024
 SIZE = 4 << 20

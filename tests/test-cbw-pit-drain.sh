@@ -32,7 +32,7 @@ export writer_uri snap_uri status_uri tmp g0
 timeout 120 python3 - <<'PY'
 import json, os, threading, time
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 C = 64 * 1024
 log = os.path.join(os.environ["tmp"], "live.log")

@@ -73,7 +73,7 @@ export writer_uri snap_uri
 timeout 120 python3 - <<'PY'
 import os, threading, time
 import nbd
-from cbwtest import conn
+from fleecetest import conn
 
 C = 64 * 1024
 d = os.environ["dir"]

@@ -52,7 +52,7 @@ run ()
     timeout 120 python3 - <<'PY'
 import os, random
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 C = 65536
 w = conn(os.environ["writer_uri"])

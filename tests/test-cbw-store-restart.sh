@@ -85,7 +85,7 @@ run ()
     timeout 60 python3 - <<'PY'
 import os
 import nbd
-from cbwtest import conn
+from fleecetest import conn
 
 C = 65536
 sn = conn(os.environ["snap_uri"])
@@ -125,7 +125,7 @@ PY
     export snap_uri writer_uri status_uri
     timeout 120 python3 - <<'PY'
 import os, random
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 C = 65536
 w = conn(os.environ["writer_uri"])

@@ -49,7 +49,7 @@ run ()
     export writer_uri snap_uri size
     timeout 60 python3 - <<'PY'
 import os
-from cbwtest import conn
+from fleecetest import conn
 
 size = int(os.environ["size"])
 w = conn(os.environ["writer_uri"])

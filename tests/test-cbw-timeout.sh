@@ -36,7 +36,7 @@ run ()
     timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from cbwtest import conn, end_snapshot, status
+from fleecetest import conn, end_snapshot, status
 
 C = 64 * 1024
 SIZE = 4 << 20

@@ -42,7 +42,7 @@ for off in range(0, size, 1 << 20):
     timeout 300 python3 - <<'PY'
 import json, os, random
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 size = int(os.environ["size"])
 C = int(os.environ["cluster"])

@@ -39,21 +39,12 @@ passthrough_check ()
     timeout 120 python3 - "$1" "$2" <<'PY'
 import os, sys
 import nbd
+from fleecetest import conn
 
 live_uri, fleece_uri = sys.argv[1], sys.argv[2]
 
-def conn(uri, export=None):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    if export is not None:
-        h.set_export_name(export)
-        h.connect_uri(uri)
-    else:
-        h.connect_uri(uri)
-    return h
-
-live = conn(live_uri)
-f = conn(fleece_uri)
+live = conn(live_uri, meta=True)
+f = conn(fleece_uri, meta=True)
 size = live.get_size()
 assert f.get_size() == size, (f.get_size(), size)
 
@@ -136,7 +127,7 @@ if f.can_cache():
 
 # The same disk under any export name.
 for name in ("", "snapshot", "anything"):
-    g = conn(fleece_uri, name)
+    g = conn(fleece_uri, meta=True, export=name)
     assert g.get_size() == size
     assert g.pread(65536, 4096 * 3) == live.pread(65536, 4096 * 3)
     g.shutdown()

@@ -1,0 +1,63 @@
+# nbdkit-fleece: helpers for the Python parts of the tests.
+# SPDX-License-Identifier: BSD-3-Clause
+#
+# functions.sh puts this directory on PYTHONPATH, so the test scripts'
+# inline Python (python3 heredocs, nbdsh -c) can say
+# "from fleecetest import conn, status".  A helper that two tests
+# would otherwise each define goes here.
+
+import json
+import os
+import time
+
+import nbd
+
+
+def conn(uri, meta=False, export=None):
+    """Connect to URI; with META, ask for base:allocation too; with
+    EXPORT, to that export name instead of the URI's."""
+    h = nbd.NBD()
+    if meta:
+        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+    if export is not None:
+        h.set_export_name(export)
+    h.connect_uri(uri)
+    return h
+
+
+def expect_error(what, errname, f, *args):
+    """Call F(*ARGS), which must fail with the errno named ERRNAME
+    ("EIO", ...); WHAT names the call in the messages."""
+    try:
+        f(*args)
+    except nbd.Error as ex:
+        print(what, "->", ex.errno, ex.string)
+        assert ex.errno == errname, (what, ex.errno, errname)
+        return
+    raise AssertionError("%s succeeded, expected %s" % (what, errname))
+
+
+def file_has(path, data, offset):
+    """True if the file PATH holds DATA at OFFSET."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(len(data)) == data
+
+
+def status(uri=None):
+    """The cbw-status JSON object (at $status_uri by default)."""
+    h = conn(uri or os.environ["status_uri"])
+    s = json.loads(h.pread(4096, 0))
+    h.shutdown()
+    return s
+
+
+def end_snapshot(sn, uri=None):
+    """Close SN, the last client of "snapshot", and wait until cbw has
+    ended the snapshot.  The server handles the close after shutdown()
+    returns, so a connection opened before then would join the old
+    point in time instead of taking a new one.
+    """
+    sn.shutdown()
+    while status(uri)["state"] != "none":
+        time.sleep(0.05)
