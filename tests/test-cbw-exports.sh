@@ -46,7 +46,7 @@ export writer_uri snap_uri status_uri
 timeout 120 python3 - <<'PY'
 import errno, json, os
 import nbd
-from fleecetest import conn, expect_error
+from fleecetest import conn, expect_error, extents
 
 K = 1024
 C = 64 * K
@@ -133,18 +133,9 @@ assert sn.pread(2 * C, 6 * C) == pit[6 * C:8 * C]
 # Extents, per 64K cluster.
 HOLE, ZERO = nbd.STATE_HOLE, nbd.STATE_ZERO
 flags = {}
-def cb(metacontext, offset, entries, err):
-    assert metacontext == nbd.CONTEXT_BASE_ALLOCATION
-    o = offset
-    for i in range(0, len(entries), 2):
-        length, f = entries[i], entries[i + 1]
-        for b in range(o, o + length, 4 * K):
-            flags[b] = f & (HOLE | ZERO)
-        o += length
-off = 0
-while off < 1024 * K:
-    sn.block_status(1024 * K - off, off, cb)
-    off = max(flags) + 4 * K
+for o, length, f in extents(sn, 1024 * K):
+    for b in range(o, o + length, 4 * K):
+        flags[b] = f & (HOLE | ZERO)
 def cluster_flags(c):
     fs = set(flags[b] for b in range(c * C, (c + 1) * C, 4 * K))
     assert len(fs) == 1, (c, fs)

@@ -39,6 +39,7 @@ passthrough_check ()
     timeout 120 python3 - "$1" "$2" <<'PY'
 import os, sys
 import nbd
+import fleecetest
 from fleecetest import conn
 
 live_uri, fleece_uri = sys.argv[1], sys.argv[2]
@@ -99,18 +100,10 @@ if f.can_trim():
     live.pwrite(os.urandom(1 << 20), 1 << 20)
     f.trim(1 << 20, 1 << 20)
 def extents(h):
-    out = []
-    def cb(meta, offset, entries, err):
-        for i in range(0, len(entries), 2):
-            out.append((entries[i], entries[i + 1]))
-    off = 0
-    while off < size:
-        n = len(out)
-        h.block_status(size - off, off, cb)
-        off += sum(e[0] for e in out[n:])
     # Merge neighbours with the same flags.
     m = []
-    for e in out:
+    for _, n, flags in fleecetest.extents(h, size):
+        e = (n, flags)
         if m and m[-1][1] == e[1]:
             m[-1] = (m[-1][0] + e[0], e[1])
         else:

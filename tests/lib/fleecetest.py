@@ -61,3 +61,28 @@ def end_snapshot(sn, uri=None):
     sn.shutdown()
     while status(uri)["state"] != "none":
         time.sleep(0.05)
+
+
+def extents(h, size=None):
+    """The base:allocation extents of H from 0 to SIZE (the export's
+    size by default), as (offset, length, flags), in order, as the
+    server reports them (neighbours with the same flags are not
+    merged; the last may end beyond SIZE).  H must have been
+    connected with meta=True."""
+    size = h.get_size() if size is None else size
+    out = []
+
+    def cb(meta, offset, entries, err):
+        assert meta == nbd.CONTEXT_BASE_ALLOCATION, meta
+        for i in range(0, len(entries), 2):
+            out.append((offset, entries[i], entries[i + 1]))
+            offset += entries[i]
+        return 0
+
+    off = 0
+    while off < size:
+        n = len(out)
+        h.block_status(size - off, off, cb)
+        assert len(out) > n, "no extents at %d" % off
+        off = out[-1][0] + out[-1][1]
+    return out
