@@ -38,7 +38,7 @@ export writer_uri snap_uri status_uri
 timeout 300 python3 - <<'PY'
 import json, os, random, struct, threading, time
 import nbd
-from fleecetest import conn, status
+from fleecetest import conn, status, wait_until
 
 SIZE = 8 << 20
 B = 4096
@@ -150,12 +150,8 @@ try:
         # snapshot (the server may not have seen the close yet) and
         # share its PIT, which is right too.
         if rnd % 4 != 3:
-            for _ in range(1200):
-                if status()["state"] == "none":
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError("the snapshot did not end")
+            wait_until(lambda: status()["state"] == "none",
+                       "the snapshot did not end", tries=1200)
             new_pits += 1
 finally:
     stop.set()

@@ -32,7 +32,7 @@ export writer_uri snap_uri status_uri tmp g0
 timeout 120 python3 - <<'PY'
 import json, os, threading, time
 import nbd
-from fleecetest import conn, status
+from fleecetest import conn, status, wait_until
 
 C = 64 * 1024
 log = os.path.join(os.environ["tmp"], "live.log")
@@ -49,13 +49,10 @@ off = 2 * C - 500
 before = nr_writes_below()
 buf = nbd.Buffer.from_bytearray(bytearray(A))
 cookie = w.aio_pwrite(buf, off)
-for _ in range(600):
+def a_below():
     w.poll(0)
-    if nr_writes_below() > before:
-        break
-    time.sleep(0.1)
-else:
-    raise AssertionError("write A never reached the live disk")
+    return nr_writes_below() > before
+wait_until(a_below, "write A never reached the live disk", interval=0.1)
 
 # ... when two clients open "snapshot" at once.
 snaps = [None, None]

@@ -73,7 +73,7 @@ export writer_uri snap_uri
 timeout 120 python3 - <<'PY'
 import os, threading, time
 import nbd
-from fleecetest import conn
+from fleecetest import conn, wait_until
 
 C = 64 * 1024
 d = os.environ["dir"]
@@ -86,13 +86,11 @@ w.pwrite(b"\x22" * 100, 50)
 
 buf = nbd.Buffer(8193)
 cookie = sn.aio_pread(buf, C - 4096)
-for _ in range(1200):
+def read_started():
     sn.poll(0)
-    if os.path.exists(os.path.join(d, "r-started")):
-        break
-    time.sleep(0.05)
-else:
-    raise AssertionError("the snapshot read never reached the live disk")
+    return os.path.exists(os.path.join(d, "r-started"))
+wait_until(read_started, "the snapshot read never reached the live disk",
+           tries=1200)
 
 # A second write into cluster 0, while R's live part is parked.
 t = threading.Thread(target=lambda: w.pwrite(b"\x33" * 100, 1000))

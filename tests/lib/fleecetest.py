@@ -52,6 +52,16 @@ def status(uri=None):
     return s
 
 
+def wait_until(pred, what, tries=600, interval=0.05):
+    """Call PRED every INTERVAL seconds until it returns true; after
+    TRIES calls, fail saying that WHAT did not happen."""
+    for _ in range(tries):
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(what)
+
+
 def end_snapshot(sn, uri=None):
     """Close SN, the last client of "snapshot", and wait until cbw has
     ended the snapshot.  The server handles the close after shutdown()
@@ -59,8 +69,8 @@ def end_snapshot(sn, uri=None):
     point in time instead of taking a new one.
     """
     sn.shutdown()
-    while status(uri)["state"] != "none":
-        time.sleep(0.05)
+    wait_until(lambda: status(uri)["state"] == "none",
+               "the snapshot did not end", tries=1200)
 
 
 def extents(h, size=None):
