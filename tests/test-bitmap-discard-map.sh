@@ -49,16 +49,15 @@ ctl_ok "$d/ctl" "release"
 
 export d
 timeout -k 5 300 python3 - <<'PYEOF'
-import json, os, random, socket, subprocess
-from fleecetest import conn
+import json, os, random, subprocess
+from fleecetest import conn, ctl_connect
 
 d = os.environ["d"]
 size = 32 << 20
 gran = 4096
 uri = "nbd+unix:///?socket=%s/sock" % d
 snap = "nbd+unix:///snapshot?socket=%s/sock" % d
-ctl = socket.socket(socket.AF_UNIX)
-ctl.connect(d + "/ctl")
+ctl = ctl_connect(d + "/ctl")
 ctlf = ctl.makefile("rwb")
 
 def command(line):

@@ -7,9 +7,9 @@
 ctl ()
 {
     python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
+import sys
+from fleecetest import ctl_connect
+s = ctl_connect(sys.argv[1])
 f = s.makefile("rw")
 for c in sys.argv[2:]:
     f.write(c + "\n")

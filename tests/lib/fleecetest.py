@@ -8,6 +8,7 @@
 
 import json
 import os
+import socket
 import time
 
 import nbd
@@ -23,6 +24,24 @@ def conn(uri, meta=False, export=None):
         h.set_export_name(export)
     h.connect_uri(uri)
     return h
+
+
+def ctl_connect(path):
+    """A connection to the control socket (a Unix socket) PATH."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    return s
+
+
+def ctl_ask(path, line):
+    """Send LINE (bytes, ending in a newline) on a new connection to
+    the control socket PATH; return the reply line (bytes)."""
+    s = ctl_connect(path)
+    try:
+        s.sendall(line)
+        return s.makefile("rb").readline()
+    finally:
+        s.close()
 
 
 def expect_error(what, errname, f, *args):

@@ -68,17 +68,12 @@ ctl_proxy ()
 {
     python3 - "$@" <<'PYEOF' &
 import json, os, socket, struct, sys, threading, time
+from fleecetest import ctl_ask
 listen, target, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 arg = sys.argv[4] if len(sys.argv) > 4 else None
 
 def ask(line):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(target)
-    s.sendall(line)
-    f = s.makefile("rb")
-    reply = f.readline()
-    s.close()
-    return reply
+    return ctl_ask(target, line)
 
 def progress():
     try:
