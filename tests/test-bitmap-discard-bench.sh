@@ -14,7 +14,7 @@
 # ones (a 64G disk) mostly new granules.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 
 requires test -x "$TESTS_BIN/bitmap-discard-writer"

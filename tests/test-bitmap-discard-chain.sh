@@ -7,7 +7,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
@@ -39,6 +39,7 @@ BD_WRITER_DELAY_US=50000 BD_WRITER_MAX_LEN=131072 \
     "$TESTS_BIN/bitmap-discard-writer" "nbd+unix:///?socket=$d/sock" \
     "$d/w" 4 1 > "$d/writer.out" &
 wpid=$!
+track_pid "$wpid"
 wait_for "$d/w/running"
 
 # backup N SNAPSHOT-ARGS [BACKING]: pause the writer, copy the live

@@ -5,7 +5,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
@@ -43,11 +43,11 @@ ls -l --time-style=full-iso "$d/bm" > "$d/ls.before"
 md5sum "$d"/bm/* > "$d/sums"
 
 python3 - "$d/ctl" <<'PYEOF'
-import json, socket, sys
+import json, sys
+from fleecetest import ctl_connect
 
 def client():
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sys.argv[1])
+    s = ctl_connect(sys.argv[1])
     return s, s.makefile("rb")
 
 def send(conn, raw):
@@ -138,10 +138,10 @@ ctl_ok "$d/ctl" "status"
 # it is dropped (after at most 10 s), and other clients are answered.
 export d
 timeout 120 python3 - <<'PYEOF'
-import os, socket, time
+import os, time
+from fleecetest import ctl_connect
 path = os.environ["d"] + "/ctl"
-greedy = socket.socket(socket.AF_UNIX)
-greedy.connect(path)
+greedy = ctl_connect(path)
 greedy.setblocking(False)
 sent = 0
 line = b"help\n"
@@ -157,8 +157,7 @@ while time.monotonic() < deadline:
         except BlockingIOError:
             break
 print("sent %d bytes of commands without reading a reply" % sent)
-other = socket.socket(socket.AF_UNIX)
-other.connect(path)
+other = ctl_connect(path)
 other.settimeout(60)
 other.sendall(b"checkpoints\n")
 reply = other.makefile().readline()

@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
@@ -48,6 +48,7 @@ BD_WRITER_DELAY_US=2000 BD_WRITER_MAX_LEN=100000 BD_WRITER_REGION=8388608 \
     "$TESTS_BIN/bitmap-discard-writer" "nbd+unix:///?socket=$d/sock" \
     "$d/w" 4 2 > "$d/writer.out" 2>&1 &
 wpid=$!
+track_pid "$wpid"
 wait_for "$d/w/running"
 sleep 1
 crash_nbdkit "$d/bd.pid"
@@ -76,6 +77,7 @@ BD_WRITER_DELAY_US=2000 BD_WRITER_MAX_LEN=100000 BD_WRITER_REGION=25165824 \
     "$TESTS_BIN/bitmap-discard-writer" "nbd+unix:///?socket=$d/sock" \
     "$d/w" 2 3 > "$d/writer.out" 2>&1 &
 wpid=$!
+track_pid "$wpid"
 wait_for "$d/w/running"
 sleep 0.5
 crash_nbdkit "$d/bd.pid"

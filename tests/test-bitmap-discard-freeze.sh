@@ -9,7 +9,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
@@ -90,6 +90,7 @@ BD_WRITER_DELAY_US=20000 BD_WRITER_MAX_LEN=131072 BD_WRITER_REGION=1048576 \
     "$TESTS_BIN/bitmap-discard-writer" "$uri" "$d/w" 4 7 \
     > "$d/writer.out" &
 wpid=$!
+track_pid "$wpid"
 wait_for "$d/w/running"
 
 # Freeze.  From the reply on, nothing reaches the disk: copy it now,

@@ -6,7 +6,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
@@ -22,14 +22,13 @@ wait_for "$d/ctl"
 
 export d
 timeout -k 5 120 python3 - <<'PYEOF'
-import json, os, socket, time
+import json, os, time
+from fleecetest import ctl_connect
 
 path = os.environ["d"] + "/ctl"
 
 def connect():
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(path)
-    return s
+    return ctl_connect(path)
 
 def command(s, line):
     s.sendall(line)

@@ -9,7 +9,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
@@ -49,16 +49,15 @@ ctl_ok "$d/ctl" "release"
 
 export d
 timeout -k 5 300 python3 - <<'PYEOF'
-import json, os, random, socket, subprocess
-from cbwtest import conn
+import json, os, random, subprocess
+from fleecetest import conn, ctl_connect
 
 d = os.environ["d"]
 size = 32 << 20
 gran = 4096
 uri = "nbd+unix:///?socket=%s/sock" % d
 snap = "nbd+unix:///snapshot?socket=%s/sock" % d
-ctl = socket.socket(socket.AF_UNIX)
-ctl.connect(d + "/ctl")
+ctl = ctl_connect(d + "/ctl")
 ctlf = ctl.makefile("rwb")
 
 def command(line):

@@ -11,7 +11,7 @@
 # running.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -93,7 +93,6 @@ done
 bad 'cbw-store|connect|nosuch' "${cbw[@]}" "$ok_live" \
     cbw-store="nbd+unix:///?socket=$tmp/nosuch.sock"
 start_nbdkit -P "$tmp/small.pid" -U "$tmp/small.sock" memory 1M
-_cbw_pids+=("$pid")
 bad 'cbw-store|size|small' "${cbw[@]}" "$ok_live" \
     cbw-store="nbd+unix:///?socket=$tmp/small.sock"
 

@@ -17,7 +17,7 @@
 # The default policy is break-snapshot: run with it given and not.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -35,18 +35,10 @@ run ()
     timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, expect_error, status
 
 K = 1024
 C = 64 * K
-
-def expect_error(what, errname, f, *args):
-    try:
-        f(*args)
-    except nbd.Error as ex:
-        assert ex.errno == errname, (what, ex.errno, errname)
-        return
-    raise AssertionError("%s succeeded, expected %s" % (what, errname))
 
 w = conn(os.environ["writer_uri"])
 for c in range(64):

@@ -16,7 +16,7 @@
 # snapshot still shows the PIT while the live disk has the new data.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -30,20 +30,11 @@ export writer_uri snap_uri status_uri fail="$tmp/fail"
 timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, expect_error, status
 
 K = 1024
 C = 64 * K
 SIZE = 4 * 1024 * K
-
-def expect_error(what, errname, f, *args):
-    try:
-        f(*args)
-    except nbd.Error as ex:
-        print(what, "->", ex.errno)
-        assert ex.errno == errname, (what, ex.errno, errname)
-        return
-    raise AssertionError("%s succeeded, expected %s" % (what, errname))
 
 w = conn(os.environ["writer_uri"])
 for c in range(64):

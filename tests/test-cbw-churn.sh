@@ -21,7 +21,7 @@
 # At the end the live disk must hold every writer's last writes.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -33,13 +33,12 @@ live_sock="$tmp/live.sock"
 live_uri="nbd+unix:///?socket=$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" \
              --filter=delay memory 8M delay-write=5ms
-_cbw_pids+=("$pid")
 start_cbw
 export writer_uri snap_uri status_uri
 timeout 300 python3 - <<'PY'
 import json, os, random, struct, threading, time
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status, wait_until
 
 SIZE = 8 << 20
 B = 4096
@@ -151,12 +150,8 @@ try:
         # snapshot (the server may not have seen the close yet) and
         # share its PIT, which is right too.
         if rnd % 4 != 3:
-            for _ in range(1200):
-                if status()["state"] == "none":
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError("the snapshot did not end")
+            wait_until(lambda: status()["state"] == "none",
+                       "the snapshot did not end", tries=1200)
             new_pits += 1
 finally:
     stop.set()

@@ -9,7 +9,7 @@
 # members it does not know).
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -27,7 +27,7 @@ parse ()
 # The raw record: "version" first, padded to 4096 bytes.
 python3 - > "$tmp/status" <<'PY'
 import os, sys
-from cbwtest import conn
+from fleecetest import conn
 h = conn(os.environ["status_uri"])
 raw = h.pread(4096, 0)
 assert len(raw) == 4096 and raw.endswith(b"\n"), raw
@@ -41,7 +41,7 @@ test "$out" = "ok version=1 state=none generation=0 cluster_size=65536 disk_size
 # During a snapshot that preserved one cluster.
 python3 - > "$tmp/status" <<'PY'
 import os, sys
-from cbwtest import conn
+from fleecetest import conn
 sn = conn(os.environ["snap_uri"])
 w = conn(os.environ["writer_uri"])
 w.pwrite(b"x" * 512, 0)

@@ -12,7 +12,7 @@
 # measured: the test only has to finish.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -25,7 +25,7 @@ export writer_uri snap_uri status_uri
 
 timeout 60 python3 - <<'PY'
 import os
-from cbwtest import conn, end_snapshot, status
+from fleecetest import conn, end_snapshot, status
 
 C = 16 << 20
 far = (1 << 50) - C             # the last cluster of the disk

@@ -18,7 +18,7 @@
 #   released by TRIM.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -46,27 +46,13 @@ export writer_uri snap_uri status_uri
 timeout 120 python3 - <<'PY'
 import errno, json, os
 import nbd
+from fleecetest import conn, expect_error, extents
 
 K = 1024
 C = 64 * K
 
-def conn(uri):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(uri)
-    return h
-
-def expect_error(what, errname, f, *args):
-    try:
-        f(*args)
-    except nbd.Error as ex:
-        print(what, "->", ex.errno, ex.string)
-        assert ex.errno == errname, (what, ex.errno, errname)
-        return
-    raise AssertionError("%s succeeded, expected %s" % (what, errname))
-
 def status():
-    h = conn(os.environ["status_uri"])
+    h = conn(os.environ["status_uri"], meta=True)
     assert h.get_size() == 4096
     assert h.is_read_only()
     buf = h.pread(4096, 0)
@@ -86,7 +72,7 @@ assert s["state"] == "none"
 assert s["cluster_size"] == C
 assert s["disk_size"] == 1024 * K
 
-w = conn(os.environ["writer_uri"])
+w = conn(os.environ["writer_uri"], meta=True)
 assert w.get_size() == 1024 * K
 assert w.can_fast_zero()
 # PIT contents: clusters 0, 2, 3, 6, 7 data; the rest zero.
@@ -100,7 +86,7 @@ assert s["copied_bytes"] == 0 and s["preserved_bytes"] == 0, s
 
 pit = bytearray(w.pread(1024 * K, 0))
 
-sn = conn(os.environ["snap_uri"])
+sn = conn(os.environ["snap_uri"], meta=True)
 assert sn.get_size() == 1024 * K
 assert sn.can_multi_conn()
 assert sn.can_trim()
@@ -147,18 +133,9 @@ assert sn.pread(2 * C, 6 * C) == pit[6 * C:8 * C]
 # Extents, per 64K cluster.
 HOLE, ZERO = nbd.STATE_HOLE, nbd.STATE_ZERO
 flags = {}
-def cb(metacontext, offset, entries, err):
-    assert metacontext == nbd.CONTEXT_BASE_ALLOCATION
-    o = offset
-    for i in range(0, len(entries), 2):
-        length, f = entries[i], entries[i + 1]
-        for b in range(o, o + length, 4 * K):
-            flags[b] = f & (HOLE | ZERO)
-        o += length
-off = 0
-while off < 1024 * K:
-    sn.block_status(1024 * K - off, off, cb)
-    off = max(flags) + 4 * K
+for o, length, f in extents(sn, 1024 * K):
+    for b in range(o, o + length, 4 * K):
+        flags[b] = f & (HOLE | ZERO)
 def cluster_flags(c):
     fs = set(flags[b] for b in range(c * C, (c + 1) * C, 4 * K))
     assert len(fs) == 1, (c, fs)

@@ -22,7 +22,7 @@
 # clusters or share one).
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

@@ -26,7 +26,7 @@
 # copies nothing itself, and must wait just the same).
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -68,14 +68,13 @@ run ()
                  pread="$tmp/pread.sh"' "$@"' \
                  pwrite="$tmp/pwrite.sh"' "$@"' \
                  can_write='exit 0' flush='exit 0'
-    _cbw_pids+=("$pid")
     live_pid="$pid"
     start_cbw
     export writer_uri snap_uri writers
     timeout 120 python3 - <<'PY'
 import os, threading, time
 import nbd
-from cbwtest import conn
+from fleecetest import conn, wait_until
 
 C = 64 * 1024
 d = os.environ["dir"]
@@ -86,13 +85,10 @@ ws = [conn(os.environ["writer_uri"]) for _ in range(nwriters)]
 
 buf = nbd.Buffer(4097)
 cookie = sn.aio_pread(buf, C + 1)
-for _ in range(600):
+def read_started():
     sn.poll(0)
-    if os.path.exists(os.path.join(d, "r-started")):
-        break
-    time.sleep(0.05)
-else:
-    raise AssertionError("the snapshot read never reached the live disk")
+    return os.path.exists(os.path.join(d, "r-started"))
+wait_until(read_started, "the snapshot read never reached the live disk")
 
 done = []
 def writer(i):

@@ -18,7 +18,7 @@
 #   $TMPDIR/nbdkit-cbw-XXXXXX.qcow2, removed at exit.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -41,7 +41,7 @@ step ()
 cat > "$tmp/steps.py" <<'PY'
 import json, os, sys
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 K = 1024
 C = 64 * K

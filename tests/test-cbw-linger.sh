@@ -15,7 +15,7 @@
 # new client gets a new PIT that includes every write.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -27,7 +27,7 @@ export tmp
 cat > "$tmp/linger.py" <<'PY'
 import json, os, sys
 import nbd
-from cbwtest import conn
+from fleecetest import conn
 
 C = 64 * 1024
 SIZE = 4 << 20

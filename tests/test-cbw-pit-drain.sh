@@ -15,7 +15,7 @@
 #   and two snapshot contexts are counted.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -25,7 +25,6 @@ live_sock="$tmp/live.sock"
 live_uri="nbd+unix:///?socket=$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" -v --log=stderr \
              --filter=delay memory 4M delay-write=2 2>"$tmp/live.log"
-_cbw_pids+=("$pid")
 start_cbw
 
 g0=$(status_field generation)
@@ -33,7 +32,7 @@ export writer_uri snap_uri status_uri tmp g0
 timeout 120 python3 - <<'PY'
 import json, os, threading, time
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status, wait_until
 
 C = 64 * 1024
 log = os.path.join(os.environ["tmp"], "live.log")
@@ -50,13 +49,10 @@ off = 2 * C - 500
 before = nr_writes_below()
 buf = nbd.Buffer.from_bytearray(bytearray(A))
 cookie = w.aio_pwrite(buf, off)
-for _ in range(600):
+def a_below():
     w.poll(0)
-    if nr_writes_below() > before:
-        break
-    time.sleep(0.1)
-else:
-    raise AssertionError("write A never reached the live disk")
+    return nr_writes_below() > before
+wait_until(a_below, "write A never reached the live disk", interval=0.1)
 
 # ... when two clients open "snapshot" at once.
 snaps = [None, None]

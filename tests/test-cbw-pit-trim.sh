@@ -20,7 +20,7 @@
 # "snapshot", so pit-torture must find a mismatch there.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 

@@ -18,7 +18,7 @@
 #    and the snapshot reads fail with EIO.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -105,7 +105,6 @@ slow ()
     start_live $((4*M))
     start_nbdkit -P "$tmp/store.pid" -U "$tmp/store.sock" \
                  --filter=delay memory $((4*M)) delay-write=3
-    _cbw_pids+=("$pid")
     start_cbw cbw-store="nbd+unix:///?socket=$tmp/store.sock" \
               cbw-ram=64K cbw-timeout=0.5 cbw-on-error="$policy"
     nbdsh -u "$writer_uri" -c 'h.pwrite(b"\x11" * h.get_size(), 0)'

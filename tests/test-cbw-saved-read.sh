@@ -29,7 +29,7 @@
 # No timing decides it: the test only looks at which ended first.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -67,14 +67,13 @@ start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
              pread="$tmp/pread.sh"' "$@"' \
              pwrite="$tmp/pwrite.sh"' "$@"' \
              can_write='exit 0' flush='exit 0'
-_cbw_pids+=("$pid")
 start_cbw
 export writer_uri snap_uri
 
 timeout 120 python3 - <<'PY'
 import os, threading, time
 import nbd
-from cbwtest import conn
+from fleecetest import conn, wait_until
 
 C = 64 * 1024
 d = os.environ["dir"]
@@ -87,13 +86,11 @@ w.pwrite(b"\x22" * 100, 50)
 
 buf = nbd.Buffer(8193)
 cookie = sn.aio_pread(buf, C - 4096)
-for _ in range(1200):
+def read_started():
     sn.poll(0)
-    if os.path.exists(os.path.join(d, "r-started")):
-        break
-    time.sleep(0.05)
-else:
-    raise AssertionError("the snapshot read never reached the live disk")
+    return os.path.exists(os.path.join(d, "r-started"))
+wait_until(read_started, "the snapshot read never reached the live disk",
+           tries=1200)
 
 # A second write into cluster 0, while R's live part is parked.
 t = threading.Thread(target=lambda: w.pwrite(b"\x33" * 100, 1000))

@@ -16,7 +16,7 @@
 # the disk read at its point in time.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -41,7 +41,7 @@ run ()
            cbw-image="$tmp/fleece.qcow2" cbw-store-limit=256K \
            cbw-on-error="$policy" "$@" 2>"$tmp/log" &
     cbw_pid=$!
-    _cbw_pids+=("$cbw_pid")
+    track_pid "$cbw_pid"
     for i in $(seq 1 600); do
         [ -s "$tmp/cbw.pid" ] && break
         kill -0 "$cbw_pid"
@@ -52,7 +52,7 @@ run ()
     timeout 120 python3 - <<'PY'
 import os, random
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 C = 65536
 w = conn(os.environ["writer_uri"])

@@ -21,7 +21,7 @@
 #   next point in time, which then preserves data.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -44,7 +44,6 @@ start_store ()
     rm -f "$tmp/store.sock"
     start_nbdkit -P "$tmp/store.pid" -U "$tmp/store.sock" memory 4M
     store_pid="$pid"
-    _cbw_pids+=("$pid")
 }
 
 # run KIND POLICY [ARGS...]: KIND is qcow2 or uri.
@@ -86,7 +85,7 @@ run ()
     timeout 60 python3 - <<'PY'
 import os
 import nbd
-from cbwtest import conn
+from fleecetest import conn
 
 C = 65536
 sn = conn(os.environ["snap_uri"])
@@ -126,7 +125,7 @@ PY
     export snap_uri writer_uri status_uri
     timeout 120 python3 - <<'PY'
 import os, random
-from cbwtest import conn, status
+from fleecetest import conn, status
 
 C = 65536
 w = conn(os.environ["writer_uri"])

@@ -12,7 +12,7 @@
 # reads the point in time at both places.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -31,7 +31,6 @@ run ()
     start_nbdkit -P "$tmp/store.pid" -U "$tmp/store.sock" \
                  --filter=log memory "$size" logfile="$tmp/store.log"
     store_pid="$pid"
-    _cbw_pids+=("$pid")
     start_cbw cbw-store="nbd+unix:///?socket=$tmp/store.sock" \
               cbw-cluster-size=16M "$@"
 
@@ -50,7 +49,7 @@ run ()
     export writer_uri snap_uri size
     timeout 60 python3 - <<'PY'
 import os
-from cbwtest import conn
+from fleecetest import conn
 
 size = int(os.environ["size"])
 w = conn(os.environ["writer_uri"])

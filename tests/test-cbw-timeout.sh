@@ -15,7 +15,7 @@
 # (No timing is asserted: only which of the outcomes happened.)
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -24,7 +24,6 @@ cbw_requires
 store_sock="$tmp/store.sock"
 start_nbdkit -P "$tmp/store.pid" -U "$store_sock" \
              --filter=delay memory 4M delay-write=3 delay-zero=3
-_cbw_pids+=("$pid")
 
 # run EXPECT CBW-PARAMS...: EXPECT is fail-write, broken or ok.
 run ()
@@ -37,7 +36,7 @@ run ()
     timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from cbwtest import conn, end_snapshot, status
+from fleecetest import conn, end_snapshot, status
 
 C = 64 * 1024
 SIZE = 4 << 20

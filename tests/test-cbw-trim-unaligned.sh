@@ -18,7 +18,7 @@
 # be running at the end.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -42,7 +42,7 @@ for off in range(0, size, 1 << 20):
     timeout 300 python3 - <<'PY'
 import json, os, random
 import nbd
-from cbwtest import conn, status
+from fleecetest import conn, extents, status
 
 size = int(os.environ["size"])
 C = int(os.environ["cluster"])
@@ -70,20 +70,9 @@ def trim(off, n):
         released[c] = True
 
 def extents_flags():
-    flags = {}
-    def cb(meta, offset, entries, err):
-        o = offset
-        for i in range(0, len(entries), 2):
-            flags[o] = (entries[i], entries[i + 1])
-            o += entries[i]
-    off = 0
-    while off < size:
-        sn.block_status(size - off, off, cb)
-        last = max(flags)
-        off = last + flags[last][0]
     # per cluster: the set of flags covering it
     per = [set() for _ in range(N)]
-    for o, (n, f) in flags.items():
+    for o, n, f in extents(sn, size):
         for c in range(o // C, (o + n - 1) // C + 1):
             if c < N:
                 per[c].add(f & (nbd.STATE_HOLE | nbd.STATE_ZERO))

@@ -17,7 +17,7 @@
 #    data.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-cbw-functions.sh"
+source "$abs_top_srcdir/tests/lib/cbw.sh"
 set -e
 set -x
 
@@ -43,7 +43,7 @@ export ref="$tmp/ref.img"
 timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from cbwtest import conn, status as cbw_status
+from fleecetest import conn, status as cbw_status
 
 M = 1 << 20
 img = os.environ["img"]

@@ -10,7 +10,7 @@
 # an unknown parameter.  The plugin's --dump-plugin and --help work.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -55,7 +55,7 @@ while True:
     c.close()
 ' "$tmp/http.sock" &
 http_pid=$!
-_fleece_pids+=("$http_pid")
+track_pid "$http_pid"
 for i in $(seq 1 600); do
     [ -e "$tmp/http.sock.up" ] && break
     sleep 0.1
@@ -65,7 +65,6 @@ kill_pid "$http_pid"
 
 # An unknown parameter.
 start_nbdkit -P "$tmp/live.pid" -U "$tmp/live.sock" memory 1M
-_fleece_pids+=("$pid")
 bad 'nosuchparam' live="nbd+unix:///?socket=$tmp/live.sock" nosuchparam=1
 
 # Bad values of the link's parameters, each named.

@@ -17,7 +17,7 @@
 # crashes.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -34,7 +34,6 @@ run ()
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" -v --log=stderr \
                  --filter=delay memory 4M delay-read=2 \
                  2>"$tmp/live.log"
-    _fleece_pids+=("$pid")
     live_pid="$pid"
     : > "$tmp/fleece.log"
     # -v keeps the daemon's stderr (for the "connection lost" message).
@@ -45,6 +44,7 @@ run ()
     timeout 120 python3 - <<'PY'
 import os, signal, time
 import nbd
+from fleecetest import expect_error
 
 uri = os.environ["fleece_uri"]
 h = nbd.NBD()
@@ -70,13 +70,7 @@ else:
 os.kill(int(os.environ["live_pid"]), signal.SIGKILL)
 
 def expect_eio(what, f, *args):
-    try:
-        f(*args)
-    except nbd.Error as ex:
-        print(what, "->", ex.errno, ex.string)
-        assert ex.errno == "EIO", (what, ex.errno)
-        return
-    raise AssertionError(what + " succeeded on a dead live disk")
+    expect_error(what + " on a dead live disk", "EIO", f, *args)
 
 while h.aio_in_flight() > 0:
     h.poll(-1)

@@ -14,7 +14,7 @@
 # connection whatever live-connections says.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -35,7 +35,6 @@ start_live ()
                  --filter=log file "$tmp/live.img" logfile="$tmp/live.log" \
                  ${2:+"$2"}
     live_pid="$pid"
-    _fleece_pids+=("$live_pid")
 }
 
 # live_status KEY: print KEY of the status file.

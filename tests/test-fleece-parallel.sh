@@ -15,7 +15,7 @@
 #    live disk checks everything.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -53,7 +53,6 @@ for round in 1 2; do
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
                  thread_model='echo parallel' get_size='echo 1M' \
                  pread="$tmp/pread.sh"' "$@"' can_multi_conn='exit 0'
-    _fleece_pids+=("$pid")
     live_pid="$pid"
     start_fleece live="$live_uri"
 
@@ -83,7 +82,6 @@ done
 # Data under concurrency.
 rm -f "$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" memory 16M
-_fleece_pids+=("$pid")
 start_fleece live="$live_uri"
 pids=()
 for i in 0 1 2 3; do

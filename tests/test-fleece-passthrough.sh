@@ -12,7 +12,7 @@
 # same disk under every export name.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -26,7 +26,6 @@ run ()
 {
     rm -f "$live_sock"
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" "$@"
-    _fleece_pids+=("$pid")
     live_pid="$pid"
     start_fleece live="$live_uri"
     passthrough_check "$live_uri" "$fleece_uri"

@@ -10,7 +10,7 @@
 # point-in-time copy under concurrent writers (pit-torture).
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -30,7 +30,7 @@ start_qemu_nbd ()
              --cache=writeback --aio=threads -k "$live_sock" \
              --pid-file="$tmp/qemu-nbd.pid" --fork "$2"
     qemu_pid="$(cat "$tmp/qemu-nbd.pid")"
-    _fleece_pids+=("$qemu_pid")
+    track_pid "$qemu_pid"
 }
 
 qemu-img create -q -f qcow2 "$tmp/live.qcow2" 16M
@@ -52,7 +52,6 @@ if [ -x "$TESTS_BIN/pit-torture" ] &&
     start_nbdkit -P "$tmp/cbw.pid" -U "$tmp/cbw.sock" \
                  --filter="$CBW_FILTER" "$FLEECE_PLUGIN" live="$live_uri" \
                  cbw-image="$tmp/fleece.qcow2"
-    _fleece_pids+=("$pid")
     w="nbd+unix:///?socket=$tmp/cbw.sock"
     s="nbd+unix:///snapshot?socket=$tmp/cbw.sock"
     timeout 120 "$TESTS_BIN/pit-torture" -F -S 31 "$w"

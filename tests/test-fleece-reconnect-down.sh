@@ -13,7 +13,7 @@
 # disk comes back, everything works again.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -28,7 +28,6 @@ start_live ()
     rm -f "$live_sock"
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" file "$1"
     live_pid="$pid"
-    _fleece_pids+=("$live_pid")
 }
 
 stop_live ()

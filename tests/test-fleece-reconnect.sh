@@ -17,7 +17,7 @@
 # one reconnection.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -44,9 +44,9 @@ start_live ()
             qemu-nbd -f raw --shared=16 --persistent --cache=writeback \
                      -k "$live_sock" --pid-file="$tmp/qemu-nbd.pid" \
                      --fork "$tmp/live.img"
-            live_pid="$(cat "$tmp/qemu-nbd.pid")" ;;
+            live_pid="$(cat "$tmp/qemu-nbd.pid")"
+            track_pid "$live_pid" ;;
     esac
-    _fleece_pids+=("$live_pid")
 }
 
 # wait_status KEY VALUE: until the status file has KEY == VALUE.

@@ -13,7 +13,7 @@
 # message about TLS; bad TLS parameters are refused naming the key.
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-fleece-functions.sh"
+source "$abs_top_srcdir/tests/lib/fleece.sh"
 set -e
 set -x
 
@@ -31,7 +31,6 @@ start_live ()
     start_nbdkit -P "$tmp/live.pid" -U "$live_sock" --tls=require "$@" \
                  memory 4M
     live_pid="$pid"
-    _fleece_pids+=("$live_pid")
 }
 
 # refused TEXT ARGS...: fleece ARGS... does not start, saying TEXT.

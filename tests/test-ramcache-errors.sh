@@ -33,14 +33,13 @@ start_nbdkit -P "$pidfile" -U "$sock" \
 export img trigger
 nbdsh -u "nbd+unix:///?socket=$sock" -c '
 import os
+import fleecetest
 
 img = os.environ["img"]
 trigger = os.environ["trigger"]
 
 def file_has (data, offset):
-    with open (img, "rb") as f:
-        f.seek (offset)
-        return f.read (len (data)) == data
+    return fleecetest.file_has (img, data, offset)
 
 open (trigger, "w").close ()
 

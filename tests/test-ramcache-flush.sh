@@ -27,13 +27,12 @@ start_nbdkit -P "$pidfile" -U "$sock" \
 export img
 nbdsh -u "nbd+unix:///?socket=$sock" -c '
 import os
+import fleecetest
 
 img = os.environ["img"]
 
 def file_has (data, offset):
-    with open (img, "rb") as f:
-        f.seek (offset)
-        return f.read (len (data)) == data
+    return fleecetest.file_has (img, data, offset)
 
 # Unaligned write: held in RAM, not in the file yet.
 data = os.urandom (100000)

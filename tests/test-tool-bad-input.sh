@@ -5,7 +5,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-tool-functions.sh"
+source "$abs_top_srcdir/tests/lib/tool.sh"
 set -e
 set -x
 

@@ -5,7 +5,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-tool-functions.sh"
+source "$abs_top_srcdir/tests/lib/tool.sh"
 set -e
 set -x
 
@@ -75,7 +75,7 @@ checkpoint_state ()
 test "$(checkpoint_state)" = "mon:frozen tue:pending"
 nbdkit-fleece-ctl "$c" watch --interval=0.1 > "$d/watch.out" 2>&1 &
 watch_pid=$!
-cleanup_fn kill_pid "$watch_pid"
+track_pid "$watch_pid"
 # Not a terminal: one line per update.
 for i in $(seq 1 300); do
     grep -q "released 0 B of 192 KiB" "$d/watch.out" && break

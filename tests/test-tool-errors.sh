@@ -7,7 +7,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-tool-functions.sh"
+source "$abs_top_srcdir/tests/lib/tool.sh"
 set -e
 set -x
 
@@ -56,7 +56,7 @@ while True:
         time.sleep(60)
 PYEOF
     fake_pid=$!
-    cleanup_fn kill_pid "$fake_pid"
+    track_pid "$fake_pid"
     wait_for "$1"
 }
 

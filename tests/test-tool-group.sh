@@ -10,7 +10,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-tool-functions.sh"
+source "$abs_top_srcdir/tests/lib/tool.sh"
 set -e
 set -x
 
@@ -18,8 +18,7 @@ requires test -x "$abs_top_builddir/tools/nbdkit-fleece-ctl"
 requires test -x "$TESTS_BIN/fleece-seq-writer"
 
 top="$(mktemp -d /tmp/tool-group.XXXXXX)"
-# Hooks run in order: the writer stops first, then the stacks.
-cleanup_fn stop_writer
+# At exit the writer (tracked) stops first, then the stacks.
 for k in 1 2 3; do
     mkdir "$top/d$k"
     cleanup_fn stop_stack "$top/d$k"
@@ -83,6 +82,7 @@ check_group ()
 
 "$TESTS_BIN/fleece-seq-writer" write "$top/progress" "${live[@]}" &
 writer_pid=$!
+track_pid "$writer_pid"
 wait_progress 50
 
 # Group snapshots, while the writer goes on.

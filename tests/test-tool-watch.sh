@@ -7,7 +7,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 
 source ./functions.sh
-source "$abs_top_srcdir/tests/test-tool-functions.sh"
+source "$abs_top_srcdir/tests/lib/tool.sh"
 set -e
 set -x
 
@@ -23,7 +23,7 @@ c="$d/ctl"
 expect 0 '' nbdkit-fleece-ctl "$c" snapshot
 nbdkit-fleece-ctl "$c" watch --interval=0.1 > "$d/watch.out" 2>&1 &
 watch_pid=$!
-cleanup_fn kill_pid "$watch_pid"
+track_pid "$watch_pid"
 for i in $(seq 1 300); do
     grep -q "store .* of 256 KiB" "$d/watch.out" && break
     sleep 0.1

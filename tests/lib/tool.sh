@@ -1,7 +1,8 @@
-# nbdkit-fleece: helpers for the nbdkit-fleece-ctl tests (sourced).
+# nbdkit-fleece: helpers for the nbdkit-fleece-ctl tests (not a test:
+# the test-tool-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
 
-source "$abs_top_srcdir/tests/test-bitmap-discard-functions.sh"
+source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 
 # start_stack DIR SIZE [ARGS...]: a live disk of SIZE in memory
 # (DIR/live.sock) and the bitmap-discard + cbw stack in front of it
@@ -67,17 +68,12 @@ ctl_proxy ()
 {
     python3 - "$@" <<'PYEOF' &
 import json, os, socket, struct, sys, threading, time
+from fleecetest import ctl_ask
 listen, target, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 arg = sys.argv[4] if len(sys.argv) > 4 else None
 
 def ask(line):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(target)
-    s.sendall(line)
-    f = s.makefile("rb")
-    reply = f.readline()
-    s.close()
-    return reply
+    return ctl_ask(target, line)
 
 def progress():
     try:
@@ -116,6 +112,6 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 PYEOF
     proxy_pid=$!
-    cleanup_fn kill_pid "$proxy_pid"
+    track_pid "$proxy_pid"
     wait_for "$1"
 }

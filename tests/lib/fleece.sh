@@ -1,4 +1,3 @@
-#!/usr/bin/env bash
 # nbdkit-fleece: helpers for the fleece plugin tests (not a test: the
 # test-fleece-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
@@ -19,18 +18,6 @@ fleece_requires ()
     requires_nbd_python
 }
 
-# Servers started here are stopped cleanly (SIGTERM, and wait) at exit,
-# newest first, before anything else is cleaned up.
-_fleece_pids=()
-_fleece_stop_all ()
-{
-    local IFS=$' \t\n' i
-    for ((i = ${#_fleece_pids[@]} - 1; i >= 0; i--)); do
-        kill_pid "${_fleece_pids[$i]}"
-    done
-}
-cleanup_fn _fleece_stop_all
-
 fleece_opts=()
 
 tmp="$(mktemp -d /tmp/fleece-test.XXXXXX)"
@@ -45,7 +32,6 @@ start_fleece ()
                  "${fleece_opts[@]}" \
                  "$FLEECE_PLUGIN" "$@" 2>>"$tmp/fleece.log"
     fleece_pid="$pid"
-    _fleece_pids+=("$pid")
 }
 
 passthrough_check ()
@@ -53,21 +39,13 @@ passthrough_check ()
     timeout 120 python3 - "$1" "$2" <<'PY'
 import os, sys
 import nbd
+import fleecetest
+from fleecetest import conn
 
 live_uri, fleece_uri = sys.argv[1], sys.argv[2]
 
-def conn(uri, export=None):
-    h = nbd.NBD()
-    h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    if export is not None:
-        h.set_export_name(export)
-        h.connect_uri(uri)
-    else:
-        h.connect_uri(uri)
-    return h
-
-live = conn(live_uri)
-f = conn(fleece_uri)
+live = conn(live_uri, meta=True)
+f = conn(fleece_uri, meta=True)
 size = live.get_size()
 assert f.get_size() == size, (f.get_size(), size)
 
@@ -122,18 +100,10 @@ if f.can_trim():
     live.pwrite(os.urandom(1 << 20), 1 << 20)
     f.trim(1 << 20, 1 << 20)
 def extents(h):
-    out = []
-    def cb(meta, offset, entries, err):
-        for i in range(0, len(entries), 2):
-            out.append((entries[i], entries[i + 1]))
-    off = 0
-    while off < size:
-        n = len(out)
-        h.block_status(size - off, off, cb)
-        off += sum(e[0] for e in out[n:])
     # Merge neighbours with the same flags.
     m = []
-    for e in out:
+    for _, n, flags in fleecetest.extents(h, size):
+        e = (n, flags)
         if m and m[-1][1] == e[1]:
             m[-1] = (m[-1][0] + e[0], e[1])
         else:
@@ -150,7 +120,7 @@ if f.can_cache():
 
 # The same disk under any export name.
 for name in ("", "snapshot", "anything"):
-    g = conn(fleece_uri, name)
+    g = conn(fleece_uri, meta=True, export=name)
     assert g.get_size() == size
     assert g.pread(65536, 4096 * 3) == live.pread(65536, 4096 * 3)
     g.shutdown()

@@ -1,4 +1,3 @@
-#!/usr/bin/env bash
 # nbdkit-fleece: helpers for the cbw tests (not a test: the
 # test-cbw-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
@@ -32,19 +31,6 @@ cbw_requires ()
     requires_nbd_python
 }
 
-# Servers and clients started here, stopped (cleanly: SIGTERM, and
-# wait) at exit before anything else is cleaned up.
-_cbw_pids=()
-_cbw_stop_all ()
-{
-    local IFS=$' \t\n' i
-    # Newest first: clients, then cbw, then the live disk.
-    for ((i = ${#_cbw_pids[@]} - 1; i >= 0; i--)); do
-        kill_pid "${_cbw_pids[$i]}"
-    done
-}
-cleanup_fn _cbw_stop_all
-
 tmp="$(mktemp -d /tmp/fleece-test.XXXXXX)"
 cleanup_fn rm -rf "$tmp"
 
@@ -55,7 +41,6 @@ start_live ()
     rm -f "$live_sock"
     start_live_disk "$live_sock" "$tmp/live.pid" "$1" "$2"
     live_pid="$pid"
-    _cbw_pids+=("$pid")
 }
 
 start_cbw ()
@@ -75,7 +60,6 @@ start_cbw ()
                  --filter="$CBW_FILTER" "$FLEECE_PLUGIN" live="$live_uri" \
                  $image "$@"
     cbw_pid="$pid"
-    _cbw_pids+=("$pid")
 }
 
 cbw_status ()
@@ -118,7 +102,7 @@ hold_snapshot ()
             -c "open('$tmp/hold.up', 'w').close()" \
             -c 'import sys; sys.stdin.read()' <"$tmp/hold.fifo" &
     hold_pid=$!
-    _cbw_pids+=("$hold_pid")
+    track_pid "$hold_pid"
     exec {hold_fd}>"$tmp/hold.fifo"
     for i in $(seq 1 600); do
         [ -e "$tmp/hold.up" ] && return 0
@@ -144,5 +128,4 @@ start_failing_store ()
                  error-pwrite-file="$tmp/fail" \
                  error-zero=EIO error-zero-rate=100% \
                  error-zero-file="$tmp/fail"
-    _cbw_pids+=("$pid")
 }

@@ -1,4 +1,5 @@
-# nbdkit-fleece: helpers for the bitmap-discard tests (sourced).
+# nbdkit-fleece: helpers for the bitmap-discard tests (not a test: the
+# test-bitmap-discard-*.sh scripts source it after functions.sh).
 # SPDX-License-Identifier: BSD-3-Clause
 
 # ctl SOCKET COMMAND...: send each COMMAND on the control socket, print
@@ -6,9 +7,9 @@
 ctl ()
 {
     python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
+import sys
+from fleecetest import ctl_connect
+s = ctl_connect(sys.argv[1])
 f = s.makefile("rw")
 for c in sys.argv[2:]:
     f.write(c + "\n")
@@ -82,20 +83,14 @@ print("top layer: %d bytes, all in scope" % sum(b - a for a, b in top))
 PYEOF
 }
 
-# stop_stack DIR: stop, in this order, the writer (DIR/w/stop), the
-# nbdkit under test (DIR/bd.pid) and the live disk (DIR/live.pid):
-# a server whose disk went away first would hang on its requests.
-# Register it with cleanup_fn before starting anything.
+# stop_stack DIR: remove the stack's directory DIR at exit.  By then
+# the processes in it are gone: stop_tracked has stopped them, newest
+# first (a writer started with track_pid, the nbdkit under test, the
+# live disk), since a server whose disk went away first would hang on
+# its requests.  Register it with cleanup_fn before starting anything.
 stop_stack ()
 {
-    local d="$1"
-    if [ -d "$d/w" ]; then
-        touch "$d/w/stop"
-        sleep 0.5
-    fi
-    [ -s "$d/bd.pid" ] && kill_pid "$(cat "$d/bd.pid")"
-    [ -s "$d/live.pid" ] && kill_pid "$(cat "$d/live.pid")"
-    rm -rf "$d"
+    rm -rf "$1"
 }
 
 # ckpts: summarize the "checkpoints" reply in $reply, one word per
