@@ -80,14 +80,15 @@ ctl_check_socket (const char *path, char *err, size_t errlen)
   if (stat (path, &st) == -1) {
     if (errno == ENOENT)
       snprintf (err, errlen, "%s: no such socket (is nbdkit running "
-                "with bitmap-control=%s?)", path, path);
+                "with bitmap-discard-control=%s?)", path, path);
     else
       snprintf (err, errlen, "%s: %s", path, strerror (errno));
     return -1;
   }
   if (!S_ISSOCK (st.st_mode)) {
     snprintf (err, errlen, "%s: not a socket (give the path of "
-              "bitmap-control=, not of the NBD socket or a file)", path);
+              "bitmap-discard-control=, not of the NBD socket or a file)",
+              path);
     return -1;
   }
   return 0;

@@ -116,7 +116,7 @@ usage (FILE *fp)
 "       nbdkit-fleece-ctl [OPTIONS] group-snapshot [GROUP OPTIONS]\n"
 "                         SOCKET... [-- SNAPSHOT ARGS...]\n"
 "\n"
-"Drive the control socket (bitmap-control=SOCKET) of nbdkit's\n"
+"Drive the control socket (bitmap-discard-control=SOCKET) of nbdkit's\n"
 "bitmap-discard filter.  Commands:\n");
   for (i = 0; i < NR_COMMANDS; ++i)
     fprintf (fp, "  %s\n", commands[i].usage);

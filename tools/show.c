@@ -164,7 +164,7 @@ show_status (struct json_object *o)
             member_int (tr, "checkpoints", 0) == 1 ? "" : "s",
             human_size (member_int (tr, "dirty_bytes", -1), b, sizeof b));
   else
-    printf ("tracking: off (no bitmap-dir)\n");
+    printf ("tracking: off (no bitmap-discard-dir)\n");
   printf ("disk: %s, granularity %s\n",
           human_size (member_int (o, "disk_size", -1), b, sizeof b),
           human_size (member_int (o, "granularity", -1), b2, sizeof b2));
