@@ -35,40 +35,12 @@ requires nbdkit eval --version
 requires dd --version
 
 export disk="$tmp/disk.img" dir="$tmp"
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
-cat > "$tmp/pread.sh" <<'SH'
-#!/bin/bash
-# $1=pread $2=handle $3=count $4=offset
-if [ "$3" = 4097 ]; then
-    touch "$dir/r-started"
-    for i in $(seq 1 50); do
-        [ -e "$dir/w-done" ] && break
-        sleep 0.1
-    done
-fi
-dd if="$disk" iflag=skip_bytes,count_bytes skip="$4" count="$3" \
-   status=none
-SH
-cat > "$tmp/pwrite.sh" <<'SH'
-#!/bin/bash
-dd of="$disk" oflag=seek_bytes conv=notrunc seek="$4" status=none
-SH
-chmod +x "$tmp/pread.sh" "$tmp/pwrite.sh"
 
 run ()
 {
     local writers="$1"
-    rm -f "$live_sock" "$tmp/r-started" "$tmp/w-done"
-    /usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(b"\x11" * (1 << 20))' "$disk"
-    nbdkit_cmd="$plain_nbdkit" \
-    start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
-                 thread_model='echo parallel' get_size='echo 1048576' \
-                 pread="$tmp/pread.sh"' "$@"' \
-                 pwrite="$tmp/pwrite.sh"' "$@"' \
-                 can_write='exit 0' flush='exit 0'
-    live_pid="$pid"
+    rm -f "$tmp/w-done"
+    start_parking_live "$tmp/w-done" 50
     start_cbw
     export writer_uri snap_uri writers
     timeout 120 python3 - <<'PY'

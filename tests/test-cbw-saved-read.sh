@@ -38,35 +38,7 @@ requires nbdkit eval --version
 requires dd --version
 
 export disk="$tmp/disk.img" dir="$tmp"
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
-cat > "$tmp/pread.sh" <<'SH'
-#!/bin/bash
-# $1=pread $2=handle $3=count $4=offset
-if [ "$3" = 4097 ]; then
-    touch "$dir/r-started"
-    for i in $(seq 1 600); do
-        [ -e "$dir/r-go" ] && break
-        sleep 0.1
-    done
-fi
-dd if="$disk" iflag=skip_bytes,count_bytes skip="$4" count="$3" \
-   status=none
-SH
-cat > "$tmp/pwrite.sh" <<'SH'
-#!/bin/bash
-dd of="$disk" oflag=seek_bytes conv=notrunc seek="$4" status=none
-SH
-chmod +x "$tmp/pread.sh" "$tmp/pwrite.sh"
-
-/usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(b"\x11" * (1 << 20))' "$disk"
-nbdkit_cmd="$plain_nbdkit" \
-start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
-             thread_model='echo parallel' get_size='echo 1048576' \
-             pread="$tmp/pread.sh"' "$@"' \
-             pwrite="$tmp/pwrite.sh"' "$@"' \
-             can_write='exit 0' flush='exit 0'
+start_parking_live "$tmp/r-go" 600
 start_cbw
 export writer_uri snap_uri
 

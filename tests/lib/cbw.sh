@@ -6,6 +6,12 @@
 #   tmp                     a private directory, removed at exit
 #   start_live SIZE [FILE]  the live disk (memory, or file FILE)
 #                           -> $live_sock $live_uri $live_pid
+#   start_parking_live FILE TENTHS
+#                           a 1 MiB live disk ($tmp/disk.img, all 0x11,
+#                           nbdkit eval) on which a read of exactly
+#                           4097 bytes creates $tmp/r-started, then
+#                           waits until FILE exists (at most TENTHS
+#                           tenths of a second) -> as start_live
 #   start_cbw ARGS...       nbdkit --filter=cbw fleece live=$live_uri ARGS
 #                           -> $sock $writer_uri $snap_uri $status_uri
 #                              $cbw_pid (a cbw-image in $tmp by default,
@@ -40,6 +46,39 @@ start_live ()
     live_uri="nbd+unix:///?socket=$live_sock"
     rm -f "$live_sock"
     start_live_disk "$live_sock" "$tmp/live.pid" "$1" "$2"
+    live_pid="$pid"
+}
+
+start_parking_live ()
+{
+    live_sock="$tmp/live.sock"
+    live_uri="nbd+unix:///?socket=$live_sock"
+    rm -f "$live_sock" "$tmp/r-started"
+    cat > "$tmp/pread.sh" <<SH
+#!/bin/bash
+# \$1=pread \$2=handle \$3=count \$4=offset
+if [ "\$3" = 4097 ]; then
+    touch "$tmp/r-started"
+    for i in \$(seq 1 $2); do
+        [ -e "$1" ] && break
+        sleep 0.1
+    done
+fi
+dd if="$tmp/disk.img" iflag=skip_bytes,count_bytes skip="\$4" \\
+   count="\$3" status=none
+SH
+    cat > "$tmp/pwrite.sh" <<SH
+#!/bin/bash
+dd of="$tmp/disk.img" oflag=seek_bytes conv=notrunc seek="\$4" status=none
+SH
+    chmod +x "$tmp/pread.sh" "$tmp/pwrite.sh"
+    /usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(b"\x11" * (1 << 20))' "$tmp/disk.img"
+    nbdkit_cmd="$plain_nbdkit" \
+    start_nbdkit -P "$tmp/live.pid" -U "$live_sock" eval \
+                 thread_model='echo parallel' get_size='echo 1048576' \
+                 pread="$tmp/pread.sh"' "$@"' \
+                 pwrite="$tmp/pwrite.sh"' "$@"' \
+                 can_write='exit 0' flush='exit 0'
     live_pid="$pid"
 }
 
