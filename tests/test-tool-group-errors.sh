@@ -14,16 +14,7 @@ set -x
 
 requires test -x "$abs_top_builddir/tools/nbdkit-fleece-ctl"
 
-top="$(mktemp -d /tmp/tool-grouperr.XXXXXX)"
-for k in 1 2 3; do
-    mkdir "$top/d$k"
-    cleanup_fn stop_stack "$top/d$k"
-done
-cleanup_fn rm -rf "$top"
-for k in 1 2 3; do
-    start_stack "$top/d$k" 4M
-done
-c=("$top/d1/ctl" "$top/d2/ctl" "$top/d3/ctl")
+start_group grouperr
 
 # state K: "STATE FROZEN EXPIRED" of disk K (0-based) from status.
 state ()

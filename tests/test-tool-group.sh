@@ -17,17 +17,8 @@ set -x
 requires test -x "$abs_top_builddir/tools/nbdkit-fleece-ctl"
 requires test -x "$TESTS_BIN/fleece-seq-writer"
 
-top="$(mktemp -d /tmp/tool-group.XXXXXX)"
 # At exit the writer (tracked) stops first, then the stacks.
-for k in 1 2 3; do
-    mkdir "$top/d$k"
-    cleanup_fn stop_stack "$top/d$k"
-done
-cleanup_fn rm -rf "$top"
-for k in 1 2 3; do
-    start_stack "$top/d$k" 4M
-done
-c=("$top/d1/ctl" "$top/d2/ctl" "$top/d3/ctl")
+start_group group
 live=() snap=()
 for k in 1 2 3; do
     live+=("nbd+unix:///?socket=$top/d$k/sock")

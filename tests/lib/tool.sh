@@ -20,6 +20,24 @@ start_stack ()
     wait_for "$d/ctl"
 }
 
+# start_group NAME: three stacks of 4M in $top/d1..d3 ($top made
+# with mktemp, named after NAME), all stopped and removed at exit;
+# their control sockets in the array c.
+start_group ()
+{
+    local k
+    top="$(mktemp -d "/tmp/tool-$1.XXXXXX")"
+    for k in 1 2 3; do
+        mkdir "$top/d$k"
+        cleanup_fn stop_stack "$top/d$k"
+    done
+    cleanup_fn rm -rf "$top"
+    for k in 1 2 3; do
+        start_stack "$top/d$k" 4M
+    done
+    c=("$top/d1/ctl" "$top/d2/ctl" "$top/d3/ctl")
+}
+
 # expect STATUS PATTERN CMD ARGS...: run CMD, which must exit with
 # STATUS and, unless PATTERN is empty, print a line matching PATTERN
 # (grep -E) on stderr.  Its stdout is left in $out, stderr in $err.
