@@ -78,8 +78,11 @@
  * bench/README.md); a heavy load, such as nbdcopy's connections,
  * still spreads over all of them.  nbdkit's default of 16 threads
  * per client makes one client at most about one connection's worth.
+ * -D fleece.fill=N changes it (1 spreads even a light load: the
+ * tests use it to send the requests of a few clients over every
+ * connection).
  */
-#define FILL_INFLIGHT 16
+NBDKIT_DLL_PUBLIC int fleece_debug_fill = 16;
 
 /* How often the reconnect thread looks at connections that are up. */
 #define WATCH_INTERVAL 0.5
@@ -746,19 +749,20 @@ acquire (const struct timespec *deadline)
 }
 
 
-/* The connection of P a request goes to (see FILL_INFLIGHT).  The
+/* The connection of P a request goes to (see fleece_debug_fill).  The
  * counts move meanwhile: this is a hint, not a reservation.
  */
 static struct nbdconn *
 pick (const struct pool *p)
 {
+  const uint64_t fill = fleece_debug_fill > 0 ? fleece_debug_fill : 1;
   unsigned i, best = 0;
   uint64_t best_n = UINT64_MAX;
 
   for (i = 0; i < p->n; ++i) {
     uint64_t n = nbdconn_inflight (p->conns[i]);
 
-    if (n < FILL_INFLIGHT)
+    if (n < fill)
       return p->conns[i];
     if (n < best_n) {
       best = i;
