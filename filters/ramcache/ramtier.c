@@ -1,4 +1,4 @@
-/* nbdkit-fleece: the ramcache engine, a bounded write-back RAM tier.
+/* nbdkit-fleece: the RAM tier, a bounded write-back cache engine.
  * SPDX-License-Identifier: BSD-3-Clause
  *
  * HOW IT WORKS
@@ -69,9 +69,10 @@
  * one idle writer is woken at a time, and a writer that takes a job
  * wakes the next one if there is more to do: the number of writers
  * at work follows the work, and a new dirty block never wakes the
- * whole pool.  Data therefore stays in RAM as long as there is room, which gives a trim the best chance of dropping it
- * before it ever reaches below (cbw: clusters the backup read and
- * released while still in RAM).  A write that needs a new block when
+ * whole pool.  Data therefore stays in RAM as long as there is
+ * room, which gives a trim the best chance of dropping it before it
+ * ever reaches below (cbw: clusters the backup read and released
+ * while still in RAM).  A write that needs a new block when
  * the tier is full evicts the least recently used CLEAN block; if
  * there is none it waits ("writer stall") for the writers.  A failed
  * write below puts the blocks back on the dirty list, records the
@@ -90,12 +91,12 @@
  * each block's metadata (struct block, its malloc header and its
  * share of the hash table, BLOCK_OVERHEAD), the writers' private
  * buffers (nr_writers x wb_max_blocks blocks, at most 1/16 of the
- * limit) and struct ramcache.  Thread stacks and the malloc arena's
+ * limit) and struct ramtier.  Thread stacks and the malloc arena's
  * own slack are not counted.  max_blocks is what remains divided by
  * the cost of a block, but never less than 1: with a limit of one
  * block the tier really uses two blocks (one held, one writer
  * buffer).  Data buffers are recycled through a free list and never
- * returned to malloc before ramcache_free, so fragmentation cannot
+ * returned to malloc before ramtier_free, so fragmentation cannot
  * make the footprint grow.
  */
 
@@ -119,7 +120,7 @@
 #include "rounding.h"
 #include "timespec.h"
 
-#include "ramcache-engine.h"
+#include "ramtier.h"
 
 /* Most blocks one write below may cover, in bytes. */
 #define WB_MAX_BYTES (2 * 1024 * 1024)
@@ -142,7 +143,7 @@ enum block_state {
   BLOCK_CLEAN,
 };
 
-/* A block held in RAM.  Every field is protected by rc->lock, except
+/* A block held in RAM.  Every field is protected by rt->lock, except
  * data while FILLING, which only the filling thread touches.
  */
 struct block {
@@ -169,11 +170,11 @@ struct list {
 };
 
 /* A background writer, or a slot that a caller uses to write back
- * inline before ramcache_start.  buf and blocks are allocated once;
- * the other fields are protected by rc->lock.
+ * inline before ramtier_start.  buf and blocks are allocated once;
+ * the other fields are protected by rt->lock.
  */
 struct writer {
-  struct ramcache *rc;
+  struct ramtier *rt;
   pthread_t thread;
   bool thread_running;          /* thread was created */
   char *buf;                    /* private copy being written below */
@@ -183,13 +184,13 @@ struct writer {
   uint64_t minseq;              /* lowest seq in the job in flight */
 };
 
-struct ramcache {
-  /* Set in ramcache_new and never changed. */
+struct ramtier {
+  /* Set in ramtier_new and never changed. */
   uint64_t limit;               /* bytes, as given */
   uint32_t block_size;
   uint64_t disk_size;
   uint64_t nr_disk_blocks;      /* blocks covering the disk */
-  struct ramcache_below below;
+  struct ramtier_below below;
   uint64_t max_blocks;          /* blocks the tier may hold */
   uint64_t high_water;          /* dirty blocks that start writers */
   uint64_t low_water;           /* ... and where they stop */
@@ -208,7 +209,7 @@ struct ramcache {
    */
   pthread_cond_t cond;
   /* Wakes the background writers: dirty data past high_water, a
-   * stall, a flush, ramcache_free.
+   * stall, a flush, ramtier_free.
    */
   pthread_cond_t writer_cond;
 
@@ -224,15 +225,15 @@ struct ramcache {
   unsigned idle_writers;        /* writers waiting on writer_cond */
   unsigned waking;              /* of those, signalled, not yet up */
   unsigned stalled;             /* callers waiting for room */
-  unsigned flushers;            /* callers in ramcache_flush */
+  unsigned flushers;            /* callers in ramtier_flush */
   uint64_t wb_failures;         /* failed writes below, ever */
   int wb_errno;                 /* errno of the last failure */
   struct timespec retry_at;     /* no write-back before (after failure) */
   bool started;                 /* writer threads running */
-  bool stopping;                /* ramcache_free: writers must exit */
+  bool stopping;                /* ramtier_free: writers must exit */
   bool verbose;                 /* extra debug messages */
   struct writer *writers;       /* nr_writers of them */
-  struct ramcache_stats stats;  /* limit, held, dirty filled on demand */
+  struct ramtier_stats stats;  /* limit, held, dirty filled on demand */
 };
 
 /* --------------------------------------------------------------
@@ -240,40 +241,40 @@ struct ramcache {
  */
 
 static inline uint64_t
-hash_blknum (const struct ramcache *rc, uint64_t blknum)
+hash_blknum (const struct ramtier *rt, uint64_t blknum)
 {
   /* Fibonacci hashing: consecutive blocks spread well. */
   return (blknum * UINT64_C (0x9E3779B97F4A7C15)) >>
-    (64 - __builtin_ctzll (rc->nbuckets)) & (rc->nbuckets - 1);
+    (64 - __builtin_ctzll (rt->nbuckets)) & (rt->nbuckets - 1);
 }
 
 static struct block *
-lookup (const struct ramcache *rc, uint64_t blknum)
+lookup (const struct ramtier *rt, uint64_t blknum)
 {
   struct block *b;
 
-  for (b = rc->buckets[hash_blknum (rc, blknum)]; b; b = b->hnext)
+  for (b = rt->buckets[hash_blknum (rt, blknum)]; b; b = b->hnext)
     if (b->blknum == blknum)
       return b;
   return NULL;
 }
 
 static void
-hash_insert (struct ramcache *rc, struct block *b)
+hash_insert (struct ramtier *rt, struct block *b)
 {
-  uint64_t h = hash_blknum (rc, b->blknum);
+  uint64_t h = hash_blknum (rt, b->blknum);
 
-  assert (lookup (rc, b->blknum) == NULL);
-  b->hnext = rc->buckets[h];
-  rc->buckets[h] = b;
+  assert (lookup (rt, b->blknum) == NULL);
+  b->hnext = rt->buckets[h];
+  rt->buckets[h] = b;
 }
 
 static void
-hash_remove (struct ramcache *rc, struct block *b)
+hash_remove (struct ramtier *rt, struct block *b)
 {
   struct block **p;
 
-  for (p = &rc->buckets[hash_blknum (rc, b->blknum)]; *p; p = &(*p)->hnext)
+  for (p = &rt->buckets[hash_blknum (rt, b->blknum)]; *p; p = &(*p)->hnext)
     if (*p == b) {
       *p = b->hnext;
       return;
@@ -314,9 +315,9 @@ list_remove (struct list *l, struct block *b)
  * the tail: usually the block is the newest, or nearly.
  */
 static void
-dirty_insert_sorted (struct ramcache *rc, struct block *b)
+dirty_insert_sorted (struct ramtier *rt, struct block *b)
 {
-  struct list *l = &rc->dirty;
+  struct list *l = &rt->dirty;
   struct block *after = l->tail;
 
   while (after && after->seq > b->seq)
@@ -337,73 +338,73 @@ dirty_insert_sorted (struct ramcache *rc, struct block *b)
 
 /* Bytes of block BLKNUM that lie on the disk. */
 static inline uint32_t
-block_len (const struct ramcache *rc, uint64_t blknum)
+block_len (const struct ramtier *rt, uint64_t blknum)
 {
-  uint64_t start = blknum * rc->block_size;
+  uint64_t start = blknum * rt->block_size;
 
-  assert (start < rc->disk_size);
-  return MIN ((uint64_t) rc->block_size, rc->disk_size - start);
+  assert (start < rt->disk_size);
+  return MIN ((uint64_t) rt->block_size, rt->disk_size - start);
 }
 
-static bool want_writeback (struct ramcache *rc);
+static bool want_writeback (struct ramtier *rt);
 
 /* Wake one idle writer if there is a reason to write back and no
  * writer is on its way up already.
  */
 static void
-kick_writers (struct ramcache *rc)
+kick_writers (struct ramtier *rt)
 {
-  if (rc->dirty.n > rc->high_water)
-    rc->draining = true;
-  if (rc->idle_writers > rc->waking && rc->waking == 0 &&
-      want_writeback (rc)) {
-    rc->waking++;
-    pthread_cond_signal (&rc->writer_cond);
+  if (rt->dirty.n > rt->high_water)
+    rt->draining = true;
+  if (rt->idle_writers > rt->waking && rt->waking == 0 &&
+      want_writeback (rt)) {
+    rt->waking++;
+    pthread_cond_signal (&rt->writer_cond);
   }
 }
 
 /* Block B (new, FILLING or CLEAN and off every list) becomes DIRTY. */
 static void
-make_dirty (struct ramcache *rc, struct block *b)
+make_dirty (struct ramtier *rt, struct block *b)
 {
   b->state = BLOCK_DIRTY;
-  b->seq = rc->next_seq++;
-  list_append (&rc->dirty, b);
-  rc->nr_unclean++;
-  kick_writers (rc);
+  b->seq = rt->next_seq++;
+  list_append (&rt->dirty, b);
+  rt->nr_unclean++;
+  kick_writers (rt);
 }
 
 /* Give a data buffer back and forget the block. */
 static void
-release_block (struct ramcache *rc, struct block *b)
+release_block (struct ramtier *rt, struct block *b)
 {
-  hash_remove (rc, b);
-  *(void **) b->data = rc->free_bufs;
-  rc->free_bufs = b->data;
+  hash_remove (rt, b);
+  *(void **) b->data = rt->free_bufs;
+  rt->free_bufs = b->data;
   free (b);
-  assert (rc->nr_blocks > 0);
-  rc->nr_blocks--;
-  pthread_cond_broadcast (&rc->cond);
+  assert (rt->nr_blocks > 0);
+  rt->nr_blocks--;
+  pthread_cond_broadcast (&rt->cond);
 }
 
 /* Are the writers waiting after a failed write below? */
 static bool
-in_retry_delay (struct ramcache *rc)
+in_retry_delay (struct ramtier *rt)
 {
-  if (rc->wb_failures == 0)
+  if (rt->wb_failures == 0)
     return false;
-  return !deadline_reached (rc->retry_at);
+  return !deadline_reached (rt->retry_at);
 }
 
 /* Is write-back wanted now?  Ends draining at low_water. */
 static bool
-want_writeback (struct ramcache *rc)
+want_writeback (struct ramtier *rt)
 {
-  if (rc->draining && rc->dirty.n <= rc->low_water)
-    rc->draining = false;
-  if (rc->dirty.n == 0 || rc->stopping || in_retry_delay (rc))
+  if (rt->draining && rt->dirty.n <= rt->low_water)
+    rt->draining = false;
+  if (rt->dirty.n == 0 || rt->stopping || in_retry_delay (rt))
     return false;
-  return rc->draining || rc->stalled || rc->flushers;
+  return rt->draining || rt->stalled || rt->flushers;
 }
 
 /* Write back the oldest dirty block and its dirty neighbours, using
@@ -411,9 +412,9 @@ want_writeback (struct ramcache *rc)
  * below.  Returns with the lock held.
  */
 static void
-run_job (struct ramcache *rc, struct writer *w)
+run_job (struct ramtier *rt, struct writer *w)
 {
-  struct block *first = rc->dirty.head, *b;
+  struct block *first = rt->dirty.head, *b;
   uint64_t lo, hi, i, offset;
   uint32_t count = 0;
   int r, err = 0;
@@ -423,35 +424,35 @@ run_job (struct ramcache *rc, struct writer *w)
 
   /* Claim: extend to adjacent DIRTY blocks, backwards then forwards. */
   lo = hi = first->blknum;
-  while (hi - lo + 1 < rc->wb_max_blocks && lo > 0 &&
-         (b = lookup (rc, lo - 1)) != NULL && b->state == BLOCK_DIRTY)
+  while (hi - lo + 1 < rt->wb_max_blocks && lo > 0 &&
+         (b = lookup (rt, lo - 1)) != NULL && b->state == BLOCK_DIRTY)
     lo--;
-  while (hi - lo + 1 < rc->wb_max_blocks && hi + 1 < rc->nr_disk_blocks &&
-         (b = lookup (rc, hi + 1)) != NULL && b->state == BLOCK_DIRTY)
+  while (hi - lo + 1 < rt->wb_max_blocks && hi + 1 < rt->nr_disk_blocks &&
+         (b = lookup (rt, hi + 1)) != NULL && b->state == BLOCK_DIRTY)
     hi++;
 
   w->minseq = UINT64_MAX;
   for (i = lo; i <= hi; ++i) {
-    b = lookup (rc, i);
+    b = lookup (rt, i);
     assert (b && b->state == BLOCK_DIRTY);
-    list_remove (&rc->dirty, b);
+    list_remove (&rt->dirty, b);
     b->state = BLOCK_WRITING;
-    memcpy (w->buf + count, b->data, block_len (rc, i));
-    count += block_len (rc, i);
+    memcpy (w->buf + count, b->data, block_len (rt, i));
+    count += block_len (rt, i);
     w->minseq = MIN (w->minseq, b->seq);
     w->blocks[i - lo] = b;
   }
   w->nr_blocks = hi - lo + 1;
-  offset = lo * rc->block_size;
+  offset = lo * rt->block_size;
   /* More to do: the next writer takes it while this one writes. */
-  if (rc->started)
-    kick_writers (rc);
+  if (rt->started)
+    kick_writers (rt);
 
-  pthread_mutex_unlock (&rc->lock);
-  r = rc->below.pwrite (rc->below.opaque, w->buf, count, offset, &err);
-  pthread_mutex_lock (&rc->lock);
+  pthread_mutex_unlock (&rt->lock);
+  r = rt->below.pwrite (rt->below.opaque, w->buf, count, offset, &err);
+  pthread_mutex_lock (&rt->lock);
 
-  if (rc->verbose)
+  if (rt->verbose)
     nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
                   " (%" PRIu32 " blocks): %s", count, offset, w->nr_blocks,
                   r == 0 ? "ok" : strerror (err));
@@ -463,48 +464,48 @@ run_job (struct ramcache *rc, struct writer *w)
       b->on_below = true;
     if (b->state == BLOCK_WRITING && r == 0) {
       b->state = BLOCK_CLEAN;
-      list_append (&rc->clean, b);
-      rc->nr_unclean--;
+      list_append (&rt->clean, b);
+      rt->nr_unclean--;
     }
     else {
       /* Failed, or newer data arrived meanwhile: write it again. */
       assert (b->state == BLOCK_WRITING || b->state == BLOCK_REDIRTIED);
       b->state = BLOCK_DIRTY;
-      dirty_insert_sorted (rc, b);
+      dirty_insert_sorted (rt, b);
     }
   }
   w->nr_blocks = 0;
   if (r == 0)
-    rc->stats.written_below_bytes += count;
+    rt->stats.written_below_bytes += count;
   else {
     if (err == 0)
       err = EIO;
-    rc->wb_failures++;
-    rc->wb_errno = err;
-    rc->retry_at = deadline_after (RETRY_SECONDS);
+    rt->wb_failures++;
+    rt->wb_errno = err;
+    rt->retry_at = deadline_after (RETRY_SECONDS);
     nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
                   " failed: %s (will retry)", count, offset, strerror (err));
   }
-  pthread_cond_broadcast (&rc->cond);
+  pthread_cond_broadcast (&rt->cond);
 }
 
-/* Before ramcache_start, a caller that must wait for write-back does
+/* Before ramtier_start, a caller that must wait for write-back does
  * it itself.  Returns true if it wrote something (the lock was
  * dropped), false if it could not (the caller should wait on cond).
  */
 static bool
-writeback_inline (struct ramcache *rc)
+writeback_inline (struct ramtier *rt)
 {
   unsigned i;
 
-  if (rc->started || rc->dirty.n == 0)
+  if (rt->started || rt->dirty.n == 0)
     return false;
-  for (i = 0; i < rc->nr_writers; ++i) {
-    struct writer *w = &rc->writers[i];
+  for (i = 0; i < rt->nr_writers; ++i) {
+    struct writer *w = &rt->writers[i];
 
     if (!w->busy) {
       w->busy = true;
-      run_job (rc, w);
+      run_job (rt, w);
       w->busy = false;
       return true;
     }
@@ -520,44 +521,44 @@ writeback_inline (struct ramcache *rc)
  * malloc failed.
  */
 static char *
-get_buffer (struct ramcache *rc, const struct timespec *deadline, int *err)
+get_buffer (struct ramtier *rt, const struct timespec *deadline, int *err)
 {
-  const uint64_t failures = rc->wb_failures;
+  const uint64_t failures = rt->wb_failures;
   bool stalled = false;
   char *buf;
 
-  while (rc->nr_blocks >= rc->max_blocks) {
-    if (rc->clean.head) {
-      struct block *b = rc->clean.head;
+  while (rt->nr_blocks >= rt->max_blocks) {
+    if (rt->clean.head) {
+      struct block *b = rt->clean.head;
 
-      list_remove (&rc->clean, b);
-      release_block (rc, b);
+      list_remove (&rt->clean, b);
+      release_block (rt, b);
       continue;
     }
-    if (rc->wb_failures != failures) {
+    if (rt->wb_failures != failures) {
       if (stalled)
-        rc->stalled--;
-      *err = rc->wb_errno;
+        rt->stalled--;
+      *err = rt->wb_errno;
       nbdkit_error ("ramcache: the tier is full and writing below "
-                    "failed: %s", strerror (rc->wb_errno));
+                    "failed: %s", strerror (rt->wb_errno));
       return NULL;
     }
     if (!stalled) {
       stalled = true;
-      rc->stalled++;
-      rc->stats.writer_stalls++;
-      if (rc->verbose)
+      rt->stalled++;
+      rt->stats.writer_stalls++;
+      if (rt->verbose)
         nbdkit_debug ("ramcache: tier full, waiting for write-back");
-      kick_writers (rc);
+      kick_writers (rt);
     }
-    if (!writeback_inline (rc)) {
+    if (!writeback_inline (rt)) {
       if (deadline == NULL)
-        pthread_cond_wait (&rc->cond, &rc->lock);
-      else if (pthread_cond_clockwait (&rc->cond, &rc->lock,
+        pthread_cond_wait (&rt->cond, &rt->lock);
+      else if (pthread_cond_clockwait (&rt->cond, &rt->lock,
                                        CLOCK_MONOTONIC,
                                        deadline) == ETIMEDOUT &&
-               rc->nr_blocks >= rc->max_blocks && !rc->clean.head) {
-        rc->stalled--;
+               rt->nr_blocks >= rt->max_blocks && !rt->clean.head) {
+        rt->stalled--;
         *err = ETIMEDOUT;
         nbdkit_error ("ramcache: the tier is full and write-back did "
                       "not make room before the deadline");
@@ -566,21 +567,21 @@ get_buffer (struct ramcache *rc, const struct timespec *deadline, int *err)
     }
   }
   if (stalled)
-    rc->stalled--;
+    rt->stalled--;
 
-  if (rc->free_bufs) {
-    buf = rc->free_bufs;
-    rc->free_bufs = *(void **) buf;
+  if (rt->free_bufs) {
+    buf = rt->free_bufs;
+    rt->free_bufs = *(void **) buf;
   }
   else {
-    buf = malloc (rc->block_size);
+    buf = malloc (rt->block_size);
     if (buf == NULL) {
       *err = errno;
       nbdkit_error ("malloc: %m");
       return NULL;
     }
   }
-  rc->nr_blocks++;
+  rt->nr_blocks++;
   return buf;
 }
 
@@ -588,70 +589,70 @@ get_buffer (struct ramcache *rc, const struct timespec *deadline, int *err)
  * waiting for room no later than DEADLINE if it is not NULL.
  */
 static int
-write_range (struct ramcache *rc, const char *buf, uint32_t count,
+write_range (struct ramtier *rt, const char *buf, uint32_t count,
              uint64_t offset, const struct timespec *deadline, int *err)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
 
   while (count > 0) {
-    const uint64_t blknum = offset / rc->block_size;
-    const uint32_t blkoff = offset % rc->block_size; /* within the block */
-    const uint32_t len = block_len (rc, blknum);
+    const uint64_t blknum = offset / rt->block_size;
+    const uint32_t blkoff = offset % rt->block_size; /* within the block */
+    const uint32_t len = block_len (rt, blknum);
     const uint32_t n = MIN (count, len - blkoff);
-    struct block *b = lookup (rc, blknum);
+    struct block *b = lookup (rt, blknum);
 
     if (b == NULL) {
-      char *data = get_buffer (rc, deadline, err);
+      char *data = get_buffer (rt, deadline, err);
       int r;
 
       if (data == NULL)
         return -1;
       /* get_buffer may have dropped the lock: look again. */
-      if (lookup (rc, blknum) != NULL) {
-        *(void **) data = rc->free_bufs;
-        rc->free_bufs = data;
-        rc->nr_blocks--;
+      if (lookup (rt, blknum) != NULL) {
+        *(void **) data = rt->free_bufs;
+        rt->free_bufs = data;
+        rt->nr_blocks--;
         continue;
       }
       b = calloc (1, sizeof *b);
       if (b == NULL) {
         *err = errno;
         nbdkit_error ("calloc: %m");
-        *(void **) data = rc->free_bufs;
-        rc->free_bufs = data;
-        rc->nr_blocks--;
+        *(void **) data = rt->free_bufs;
+        rt->free_bufs = data;
+        rt->nr_blocks--;
         return -1;
       }
       b->blknum = blknum;
       b->data = data;
-      hash_insert (rc, b);
+      hash_insert (rt, b);
       if (blkoff == 0 && n == len)
-        memset (data + len, 0, rc->block_size - len);
+        memset (data + len, 0, rt->block_size - len);
       else {
         /* Partial block: read the rest from below first. */
         b->state = BLOCK_FILLING;
-        pthread_mutex_unlock (&rc->lock);
-        r = rc->below.pread (rc->below.opaque, data, len,
-                             blknum * rc->block_size, err);
-        pthread_mutex_lock (&rc->lock);
+        pthread_mutex_unlock (&rt->lock);
+        r = rt->below.pread (rt->below.opaque, data, len,
+                             blknum * rt->block_size, err);
+        pthread_mutex_lock (&rt->lock);
         assert (b->state == BLOCK_FILLING);
         if (r == -1) {
-          release_block (rc, b);
+          release_block (rt, b);
           return -1;
         }
-        memset (data + len, 0, rc->block_size - len);
-        pthread_cond_broadcast (&rc->cond);
+        memset (data + len, 0, rt->block_size - len);
+        pthread_cond_broadcast (&rt->cond);
       }
-      make_dirty (rc, b);
+      make_dirty (rt, b);
     }
     else {
       switch (b->state) {
       case BLOCK_FILLING:
-        pthread_cond_wait (&rc->cond, &rc->lock);
+        pthread_cond_wait (&rt->cond, &rt->lock);
         continue;
       case BLOCK_CLEAN:
-        list_remove (&rc->clean, b);
-        make_dirty (rc, b);
+        list_remove (&rt->clean, b);
+        make_dirty (rt, b);
         break;
       case BLOCK_DIRTY:
       case BLOCK_REDIRTIED:
@@ -661,7 +662,7 @@ write_range (struct ramcache *rc, const char *buf, uint32_t count,
          * again when it is done.
          */
         b->state = BLOCK_REDIRTIED;
-        b->seq = rc->next_seq++;
+        b->seq = rt->next_seq++;
         break;
       default:
         abort ();
@@ -682,12 +683,12 @@ write_range (struct ramcache *rc, const char *buf, uint32_t count,
 
 /* Check a request against the disk size. */
 static int
-check_range (struct ramcache *rc, uint32_t count, uint64_t offset, int *err)
+check_range (struct ramtier *rt, uint32_t count, uint64_t offset, int *err)
 {
-  if (offset > rc->disk_size || count > rc->disk_size - offset) {
+  if (offset > rt->disk_size || count > rt->disk_size - offset) {
     nbdkit_error ("ramcache: request of %" PRIu32 " bytes at %" PRIu64
                   " is beyond the end of the disk (%" PRIu64 " bytes)",
-                  count, offset, rc->disk_size);
+                  count, offset, rt->disk_size);
     *err = EINVAL;
     return -1;
   }
@@ -699,29 +700,29 @@ static void *
 writer_thread (void *vp)
 {
   struct writer *w = vp;
-  struct ramcache *rc = w->rc;
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  struct ramtier *rt = w->rt;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
 
-  while (!rc->stopping) {
-    if (want_writeback (rc)) {
+  while (!rt->stopping) {
+    if (want_writeback (rt)) {
       w->busy = true;
-      run_job (rc, w);
+      run_job (rt, w);
       w->busy = false;
     }
     else {
-      rc->idle_writers++;
-      if (in_retry_delay (rc))
+      rt->idle_writers++;
+      if (in_retry_delay (rt))
         /* Look again when the delay ends. */
-        pthread_cond_clockwait (&rc->writer_cond, &rc->lock,
-                                CLOCK_MONOTONIC, &rc->retry_at);
+        pthread_cond_clockwait (&rt->writer_cond, &rt->lock,
+                                CLOCK_MONOTONIC, &rt->retry_at);
       else
-        pthread_cond_wait (&rc->writer_cond, &rc->lock);
-      rc->idle_writers--;
+        pthread_cond_wait (&rt->writer_cond, &rt->lock);
+      rt->idle_writers--;
       /* Whoever woke (signalled or not) is up: the next kick may
        * signal again.
        */
-      if (rc->waking > 0)
-        rc->waking--;
+      if (rt->waking > 0)
+        rt->waking--;
     }
   }
   return NULL;
@@ -731,11 +732,11 @@ writer_thread (void *vp)
  * Public functions: they take the lock themselves.
  */
 
-struct ramcache *
-ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
-              const struct ramcache_below *below)
+struct ramtier *
+ramtier_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
+             const struct ramtier_below *below)
 {
-  struct ramcache *rc;
+  struct ramtier *rt;
   uint64_t per_block, nominal, wb_bytes;
   unsigned i;
 
@@ -750,17 +751,17 @@ ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
     return NULL;
   }
 
-  rc = calloc (1, sizeof *rc);
-  if (rc == NULL) {
+  rt = calloc (1, sizeof *rt);
+  if (rt == NULL) {
     nbdkit_error ("calloc: %m");
     return NULL;
   }
-  rc->limit = limit_bytes;
-  rc->block_size = block_size;
-  rc->disk_size = disk_size;
-  rc->nr_disk_blocks = (disk_size + block_size - 1) / block_size;
-  rc->below = *below;
-  rc->next_seq = 1;
+  rt->limit = limit_bytes;
+  rt->block_size = block_size;
+  rt->disk_size = disk_size;
+  rt->nr_disk_blocks = (disk_size + block_size - 1) / block_size;
+  rt->below = *below;
+  rt->next_seq = 1;
 
   /* Share the limit out (see "Memory" above). */
   per_block = block_size + BLOCK_OVERHEAD;
@@ -768,50 +769,50 @@ ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
   /* One writer per 16 blocks of tier, so the writers' buffers (at
    * least one block each) stay within 1/16 of the limit.
    */
-  rc->nr_writers = MIN (MAX (nominal / 16, 1u), (uint64_t) MAX_WRITERS);
-  rc->wb_max_blocks = nominal / 16 / rc->nr_writers;
-  rc->wb_max_blocks = MIN (rc->wb_max_blocks,
+  rt->nr_writers = MIN (MAX (nominal / 16, 1u), (uint64_t) MAX_WRITERS);
+  rt->wb_max_blocks = nominal / 16 / rt->nr_writers;
+  rt->wb_max_blocks = MIN (rt->wb_max_blocks,
                            MAX (1u, WB_MAX_BYTES / block_size));
-  rc->wb_max_blocks = MAX (1u, rc->wb_max_blocks);
-  wb_bytes = (uint64_t) rc->wb_max_blocks *
+  rt->wb_max_blocks = MAX (1u, rt->wb_max_blocks);
+  wb_bytes = (uint64_t) rt->wb_max_blocks *
     (block_size + sizeof (struct block *));
-  rc->fixed_bytes = sizeof *rc +
-    rc->nr_writers * (sizeof (struct writer) + wb_bytes);
-  if (limit_bytes > rc->fixed_bytes)
-    rc->max_blocks = (limit_bytes - rc->fixed_bytes) / per_block;
-  if (rc->max_blocks == 0) {
+  rt->fixed_bytes = sizeof *rt +
+    rt->nr_writers * (sizeof (struct writer) + wb_bytes);
+  if (limit_bytes > rt->fixed_bytes)
+    rt->max_blocks = (limit_bytes - rt->fixed_bytes) / per_block;
+  if (rt->max_blocks == 0) {
     nbdkit_debug ("ramcache: limit %" PRIu64 " is below the cost of one "
                   "block: holding one block anyway", limit_bytes);
-    rc->max_blocks = 1;
+    rt->max_blocks = 1;
   }
-  rc->high_water = rc->max_blocks - MAX ((uint64_t) 1, rc->max_blocks / 8);
-  rc->low_water = rc->high_water - MIN (rc->high_water,
+  rt->high_water = rt->max_blocks - MAX ((uint64_t) 1, rt->max_blocks / 8);
+  rt->low_water = rt->high_water - MIN (rt->high_water,
                                         MAX ((uint64_t) 1,
-                                             rc->max_blocks / 16));
-  rc->nbuckets = 64;
-  while (rc->nbuckets < rc->max_blocks)
-    rc->nbuckets <<= 1;
+                                             rt->max_blocks / 16));
+  rt->nbuckets = 64;
+  while (rt->nbuckets < rt->max_blocks)
+    rt->nbuckets <<= 1;
 
-  pthread_mutex_init (&rc->lock, NULL);
-  pthread_cond_init (&rc->cond, NULL);
-  pthread_cond_init (&rc->writer_cond, NULL);
+  pthread_mutex_init (&rt->lock, NULL);
+  pthread_cond_init (&rt->cond, NULL);
+  pthread_cond_init (&rt->writer_cond, NULL);
 
-  rc->buckets = calloc (rc->nbuckets, sizeof (struct block *));
-  rc->writers = calloc (rc->nr_writers, sizeof (struct writer));
-  if (rc->buckets == NULL || rc->writers == NULL) {
+  rt->buckets = calloc (rt->nbuckets, sizeof (struct block *));
+  rt->writers = calloc (rt->nr_writers, sizeof (struct writer));
+  if (rt->buckets == NULL || rt->writers == NULL) {
     nbdkit_error ("calloc: %m");
-    ramcache_free (rc);
+    ramtier_free (rt);
     return NULL;
   }
-  for (i = 0; i < rc->nr_writers; ++i) {
-    struct writer *w = &rc->writers[i];
+  for (i = 0; i < rt->nr_writers; ++i) {
+    struct writer *w = &rt->writers[i];
 
-    w->rc = rc;
-    w->buf = malloc ((size_t) rc->wb_max_blocks * block_size);
-    w->blocks = calloc (rc->wb_max_blocks, sizeof (struct block *));
+    w->rt = rt;
+    w->buf = malloc ((size_t) rt->wb_max_blocks * block_size);
+    w->blocks = calloc (rt->wb_max_blocks, sizeof (struct block *));
     if (w->buf == NULL || w->blocks == NULL) {
       nbdkit_error ("malloc: %m");
-      ramcache_free (rc);
+      ramtier_free (rt);
       return NULL;
     }
   }
@@ -821,67 +822,67 @@ ramcache_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
                 "writers writing up to %" PRIu32 " blocks at once, "
                 "fixed cost %" PRIu64 " bytes; write-back starts past %"
                 PRIu64 " dirty blocks",
-                limit_bytes, rc->max_blocks, block_size, per_block,
-                rc->nr_writers, rc->wb_max_blocks, rc->fixed_bytes,
-                rc->high_water);
-  return rc;
+                limit_bytes, rt->max_blocks, block_size, per_block,
+                rt->nr_writers, rt->wb_max_blocks, rt->fixed_bytes,
+                rt->high_water);
+  return rt;
 }
 
 int
-ramcache_start (struct ramcache *rc)
+ramtier_start (struct ramtier *rt)
 {
   unsigned i;
   int r;
 
-  assert (!rc->started);
-  for (i = 0; i < rc->nr_writers; ++i) {
-    r = pthread_create (&rc->writers[i].thread, NULL, writer_thread,
-                        &rc->writers[i]);
+  assert (!rt->started);
+  for (i = 0; i < rt->nr_writers; ++i) {
+    r = pthread_create (&rt->writers[i].thread, NULL, writer_thread,
+                        &rt->writers[i]);
     if (r != 0) {
       errno = r;
       nbdkit_error ("ramcache: pthread_create: %m");
       return -1;
     }
-    rc->writers[i].thread_running = true;
+    rt->writers[i].thread_running = true;
     /* From the first thread on, callers leave write-back to the
      * threads.
      */
     if (i == 0) {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
-      rc->started = true;
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
+      rt->started = true;
     }
   }
   return 0;
 }
 
 void
-ramcache_free (struct ramcache *rc)
+ramtier_free (struct ramtier *rt)
 {
   unsigned i;
   uint64_t h;
 
-  if (rc == NULL)
+  if (rt == NULL)
     return;
 
-  pthread_mutex_lock (&rc->lock);
-  rc->stopping = true;
-  pthread_cond_broadcast (&rc->writer_cond);
-  pthread_mutex_unlock (&rc->lock);
-  if (rc->writers) {
-    for (i = 0; i < rc->nr_writers; ++i) {
-      if (rc->writers[i].thread_running)
-        pthread_join (rc->writers[i].thread, NULL);
-      free (rc->writers[i].buf);
-      free (rc->writers[i].blocks);
+  pthread_mutex_lock (&rt->lock);
+  rt->stopping = true;
+  pthread_cond_broadcast (&rt->writer_cond);
+  pthread_mutex_unlock (&rt->lock);
+  if (rt->writers) {
+    for (i = 0; i < rt->nr_writers; ++i) {
+      if (rt->writers[i].thread_running)
+        pthread_join (rt->writers[i].thread, NULL);
+      free (rt->writers[i].buf);
+      free (rt->writers[i].blocks);
     }
   }
-  if (rc->dirty.n || rc->nr_unclean)
+  if (rt->dirty.n || rt->nr_unclean)
     nbdkit_debug ("ramcache: freed with %" PRIu64 " dirty blocks: "
-                  "their data is lost", rc->nr_unclean);
+                  "their data is lost", rt->nr_unclean);
 
-  if (rc->buckets) {
-    for (h = 0; h < rc->nbuckets; ++h) {
-      struct block *b = rc->buckets[h], *next;
+  if (rt->buckets) {
+    for (h = 0; h < rt->nbuckets; ++h) {
+      struct block *b = rt->buckets[h], *next;
 
       for (; b; b = next) {
         next = b->hnext;
@@ -890,47 +891,47 @@ ramcache_free (struct ramcache *rc)
       }
     }
   }
-  while (rc->free_bufs) {
-    void *buf = rc->free_bufs;
+  while (rt->free_bufs) {
+    void *buf = rt->free_bufs;
 
-    rc->free_bufs = *(void **) buf;
+    rt->free_bufs = *(void **) buf;
     free (buf);
   }
-  pthread_cond_destroy (&rc->writer_cond);
-  pthread_cond_destroy (&rc->cond);
-  pthread_mutex_destroy (&rc->lock);
-  free (rc->buckets);
-  free (rc->writers);
-  free (rc);
+  pthread_cond_destroy (&rt->writer_cond);
+  pthread_cond_destroy (&rt->cond);
+  pthread_mutex_destroy (&rt->lock);
+  free (rt->buckets);
+  free (rt->writers);
+  free (rt);
 }
 
 int
-ramcache_pread (struct ramcache *rc, void *vbuf, uint32_t count,
-                uint64_t offset, int *err)
+ramtier_pread (struct ramtier *rt, void *vbuf, uint32_t count,
+               uint64_t offset, int *err)
 {
   char *buf = vbuf;
 
-  if (check_range (rc, count, offset, err) == -1)
+  if (check_range (rt, count, offset, err) == -1)
     return -1;
 
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
   while (count > 0) {
-    const uint64_t blknum = offset / rc->block_size;
-    const uint32_t blkoff = offset % rc->block_size; /* within the block */
-    struct block *b = lookup (rc, blknum);
+    const uint64_t blknum = offset / rt->block_size;
+    const uint32_t blkoff = offset % rt->block_size; /* within the block */
+    struct block *b = lookup (rt, blknum);
     uint32_t n;
 
     if (b && b->state == BLOCK_FILLING) {
-      pthread_cond_wait (&rc->cond, &rc->lock);
+      pthread_cond_wait (&rt->cond, &rt->lock);
       continue;
     }
     if (b) {
-      n = MIN (count, rc->block_size - blkoff);
+      n = MIN (count, rt->block_size - blkoff);
       memcpy (buf, b->data + blkoff, n);
-      rc->stats.read_hits++;
+      rt->stats.read_hits++;
       if (b->state == BLOCK_CLEAN) {
-        list_remove (&rc->clean, b);
-        list_append (&rc->clean, b);
+        list_remove (&rt->clean, b);
+        list_append (&rt->clean, b);
       }
     }
     else {
@@ -941,17 +942,17 @@ ramcache_pread (struct ramcache *rc, void *vbuf, uint32_t count,
       uint64_t run_end;
       int r;
 
-      n = MIN ((uint64_t) count, end * rc->block_size - offset);
-      while (n < count && lookup (rc, end) == NULL) {
+      n = MIN ((uint64_t) count, end * rt->block_size - offset);
+      while (n < count && lookup (rt, end) == NULL) {
         run_end = MIN ((uint64_t) count,
-                       (end + 1) * rc->block_size - offset);
+                       (end + 1) * rt->block_size - offset);
         n = run_end;
         end++;
       }
-      rc->stats.read_misses += end - blknum;
-      pthread_mutex_unlock (&rc->lock);
-      r = rc->below.pread (rc->below.opaque, buf, n, offset, err);
-      pthread_mutex_lock (&rc->lock);
+      rt->stats.read_misses += end - blknum;
+      pthread_mutex_unlock (&rt->lock);
+      r = rt->below.pread (rt->below.opaque, buf, n, offset, err);
+      pthread_mutex_lock (&rt->lock);
       if (r == -1)
         return -1;
     }
@@ -963,64 +964,64 @@ ramcache_pread (struct ramcache *rc, void *vbuf, uint32_t count,
 }
 
 int
-ramcache_pwrite (struct ramcache *rc, const void *buf, uint32_t count,
-                 uint64_t offset, int *err)
+ramtier_pwrite (struct ramtier *rt, const void *buf, uint32_t count,
+                uint64_t offset, int *err)
 {
-  if (check_range (rc, count, offset, err) == -1)
+  if (check_range (rt, count, offset, err) == -1)
     return -1;
-  return write_range (rc, buf, count, offset, NULL, err);
+  return write_range (rt, buf, count, offset, NULL, err);
 }
 
 int
-ramcache_pwrite_deadline (struct ramcache *rc, const void *buf,
-                          uint32_t count, uint64_t offset,
-                          const struct timespec *deadline, int *err)
+ramtier_pwrite_deadline (struct ramtier *rt, const void *buf,
+                         uint32_t count, uint64_t offset,
+                         const struct timespec *deadline, int *err)
 {
-  if (check_range (rc, count, offset, err) == -1)
+  if (check_range (rt, count, offset, err) == -1)
     return -1;
-  return write_range (rc, buf, count, offset, deadline, err);
+  return write_range (rt, buf, count, offset, deadline, err);
 }
 
 int
-ramcache_zero (struct ramcache *rc, uint32_t count, uint64_t offset,
-               int *err)
+ramtier_zero (struct ramtier *rt, uint32_t count, uint64_t offset,
+              int *err)
 {
-  if (check_range (rc, count, offset, err) == -1)
+  if (check_range (rt, count, offset, err) == -1)
     return -1;
-  return write_range (rc, NULL, count, offset, NULL, err);
+  return write_range (rt, NULL, count, offset, NULL, err);
 }
 
 /* Trim below the range [start, end) if not empty.  Called without
  * the lock.
  */
 static int
-trim_below (struct ramcache *rc, uint64_t start, uint64_t end, int *err)
+trim_below (struct ramtier *rt, uint64_t start, uint64_t end, int *err)
 {
-  if (start == end || rc->below.trim == NULL)
+  if (start == end || rt->below.trim == NULL)
     return 0;
   assert (end - start <= UINT32_MAX);
-  return rc->below.trim (rc->below.opaque, end - start, start, err);
+  return rt->below.trim (rt->below.opaque, end - start, start, err);
 }
 
 int
-ramcache_trim (struct ramcache *rc, uint32_t count, uint64_t offset,
-               int *err)
+ramtier_trim (struct ramtier *rt, uint32_t count, uint64_t offset,
+              int *err)
 {
   /* The range to trim below, built up as we go and sent when it
    * cannot grow any more.
    */
   uint64_t tstart = offset, tend = offset;
 
-  if (check_range (rc, count, offset, err) == -1)
+  if (check_range (rt, count, offset, err) == -1)
     return -1;
 
-  pthread_mutex_lock (&rc->lock);
+  pthread_mutex_lock (&rt->lock);
   while (count > 0) {
-    const uint64_t blknum = offset / rc->block_size;
-    const uint32_t blkoff = offset % rc->block_size; /* within the block */
-    const uint32_t len = block_len (rc, blknum);
+    const uint64_t blknum = offset / rt->block_size;
+    const uint32_t blkoff = offset % rt->block_size; /* within the block */
+    const uint32_t len = block_len (rt, blknum);
     const uint32_t n = MIN (count, len - blkoff);
-    struct block *b = lookup (rc, blknum);
+    struct block *b = lookup (rt, blknum);
     bool below = true;          /* trim this piece below? */
 
     if (b && blkoff == 0 && n == len) {
@@ -1031,22 +1032,22 @@ ramcache_trim (struct ramcache *rc, uint32_t count, uint64_t offset,
         /* Dropping it now would let the write below in flight land
          * after our trim below: wait for it.
          */
-        pthread_cond_wait (&rc->cond, &rc->lock);
+        pthread_cond_wait (&rt->cond, &rt->lock);
         continue;
       case BLOCK_DIRTY:
-        list_remove (&rc->dirty, b);
-        rc->nr_unclean--;
+        list_remove (&rt->dirty, b);
+        rt->nr_unclean--;
         if (!b->on_below)
-          rc->stats.dropped_bytes += len;
+          rt->stats.dropped_bytes += len;
         break;
       case BLOCK_CLEAN:
-        list_remove (&rc->clean, b);
+        list_remove (&rt->clean, b);
         break;
       default:
         abort ();
       }
       below = b->on_below;
-      release_block (rc, b);
+      release_block (rt, b);
     }
     else if (b)
       below = false;            /* partial block held: left alone */
@@ -1063,11 +1064,11 @@ ramcache_trim (struct ramcache *rc, uint32_t count, uint64_t offset,
       if (s != e) {
         int r;
 
-        pthread_mutex_unlock (&rc->lock);
-        r = trim_below (rc, s, e, err);
-        pthread_mutex_lock (&rc->lock);
+        pthread_mutex_unlock (&rt->lock);
+        r = trim_below (rt, s, e, err);
+        pthread_mutex_lock (&rt->lock);
         if (r == -1) {
-          pthread_mutex_unlock (&rc->lock);
+          pthread_mutex_unlock (&rt->lock);
           return -1;
         }
       }
@@ -1075,98 +1076,98 @@ ramcache_trim (struct ramcache *rc, uint32_t count, uint64_t offset,
     count -= n;
     offset += n;
   }
-  pthread_mutex_unlock (&rc->lock);
-  return trim_below (rc, tstart, tend, err);
+  pthread_mutex_unlock (&rt->lock);
+  return trim_below (rt, tstart, tend, err);
 }
 
 /* Has everything up to sequence number TARGET reached below? */
 static bool
-flushed (struct ramcache *rc, uint64_t target)
+flushed (struct ramtier *rt, uint64_t target)
 {
   unsigned i;
 
-  if (rc->dirty.head && rc->dirty.head->seq <= target)
+  if (rt->dirty.head && rt->dirty.head->seq <= target)
     return false;
-  for (i = 0; i < rc->nr_writers; ++i)
-    if (rc->writers[i].nr_blocks && rc->writers[i].minseq <= target)
+  for (i = 0; i < rt->nr_writers; ++i)
+    if (rt->writers[i].nr_blocks && rt->writers[i].minseq <= target)
       return false;
   return true;
 }
 
 int
-ramcache_flush (struct ramcache *rc, int *err)
+ramtier_flush (struct ramtier *rt, int *err)
 {
   {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
-    const uint64_t target = rc->next_seq - 1;
-    const uint64_t failures = rc->wb_failures;
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
+    const uint64_t target = rt->next_seq - 1;
+    const uint64_t failures = rt->wb_failures;
 
-    rc->flushers++;
-    kick_writers (rc);
-    while (!flushed (rc, target)) {
-      if (rc->wb_failures != failures) {
-        rc->flushers--;
-        *err = rc->wb_errno;
+    rt->flushers++;
+    kick_writers (rt);
+    while (!flushed (rt, target)) {
+      if (rt->wb_failures != failures) {
+        rt->flushers--;
+        *err = rt->wb_errno;
         nbdkit_error ("ramcache: flush: writing below failed: %s",
-                      strerror (rc->wb_errno));
+                      strerror (rt->wb_errno));
         return -1;
       }
-      if (!writeback_inline (rc))
-        pthread_cond_wait (&rc->cond, &rc->lock);
+      if (!writeback_inline (rt))
+        pthread_cond_wait (&rt->cond, &rt->lock);
     }
-    rc->flushers--;
+    rt->flushers--;
   }
 
-  if (rc->below.flush)
-    return rc->below.flush (rc->below.opaque, err);
+  if (rt->below.flush)
+    return rt->below.flush (rt->below.opaque, err);
   return 0;
 }
 
 void
-ramcache_get_stats (struct ramcache *rc, struct ramcache_stats *st)
+ramtier_get_stats (struct ramtier *rt, struct ramtier_stats *st)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
 
-  *st = rc->stats;
-  st->limit = rc->limit;
-  st->held_bytes = rc->nr_blocks * rc->block_size;
-  st->dirty_bytes = rc->nr_unclean * rc->block_size;
+  *st = rt->stats;
+  st->limit = rt->limit;
+  st->held_bytes = rt->nr_blocks * rt->block_size;
+  st->dirty_bytes = rt->nr_unclean * rt->block_size;
 }
 
 uint64_t
-ramcache_cached_run (struct ramcache *rc, uint64_t offset, uint64_t count,
-                     bool *cached)
+ramtier_cached_run (struct ramtier *rt, uint64_t offset, uint64_t count,
+                    bool *cached)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
-  uint64_t blknum = offset / rc->block_size;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
+  uint64_t blknum = offset / rt->block_size;
   uint64_t n = 0;
 
-  assert (offset < rc->disk_size);
-  *cached = lookup (rc, blknum) != NULL;
+  assert (offset < rt->disk_size);
+  *cached = lookup (rt, blknum) != NULL;
   while (n < count) {
-    n = MIN (count, (blknum + 1) * rc->block_size - offset);
+    n = MIN (count, (blknum + 1) * rt->block_size - offset);
     blknum++;
-    if (blknum >= rc->nr_disk_blocks ||
-        (lookup (rc, blknum) != NULL) != *cached)
+    if (blknum >= rt->nr_disk_blocks ||
+        (lookup (rt, blknum) != NULL) != *cached)
       break;
   }
   return n;
 }
 
 void
-ramcache_set_verbose (struct ramcache *rc, bool verbose)
+ramtier_set_verbose (struct ramtier *rt, bool verbose)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rc->lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
 
-  rc->verbose = verbose;
+  rt->verbose = verbose;
 }
 
 void
-ramcache_debug_stats (struct ramcache *rc, const char *who)
+ramtier_debug_stats (struct ramtier *rt, const char *who)
 {
-  struct ramcache_stats st;
+  struct ramtier_stats st;
 
-  ramcache_get_stats (rc, &st);
+  ramtier_get_stats (rt, &st);
   nbdkit_debug ("%s: ramcache: limit=%" PRIu64 " held=%" PRIu64
                 " dirty=%" PRIu64 " written_below=%" PRIu64
                 " dropped=%" PRIu64 " read_hits=%" PRIu64
