@@ -374,16 +374,23 @@ make_dirty (struct ramtier *rt, struct block *b)
   kick_writers (rt);
 }
 
+/* Give back a data buffer that get_buffer handed out. */
+static void
+put_buffer (struct ramtier *rt, char *data)
+{
+  *(void **) data = rt->free_bufs;
+  rt->free_bufs = data;
+  assert (rt->nr_blocks > 0);
+  rt->nr_blocks--;
+}
+
 /* Give a data buffer back and forget the block. */
 static void
 release_block (struct ramtier *rt, struct block *b)
 {
   hash_remove (rt, b);
-  *(void **) b->data = rt->free_bufs;
-  rt->free_bufs = b->data;
+  put_buffer (rt, b->data);
   free (b);
-  assert (rt->nr_blocks > 0);
-  rt->nr_blocks--;
   pthread_cond_broadcast (&rt->cond);
 }
 
@@ -407,29 +414,34 @@ want_writeback (struct ramtier *rt)
   return rt->draining || rt->stalled || rt->flushers;
 }
 
-/* Write back the oldest dirty block and its dirty neighbours, using
- * writer W (busy, no job in flight).  Drops the lock around the write
- * below.  Returns with the lock held.
+/* The job at the head of the dirty list: the oldest dirty block and
+ * its adjacent DIRTY neighbours, backwards then forwards, at most
+ * wb_max_blocks in all.  Sets [*LO, *HI].
  */
 static void
-run_job (struct ramtier *rt, struct writer *w)
+job_extent (struct ramtier *rt, uint64_t *lo, uint64_t *hi)
 {
-  struct block *first = rt->dirty.head, *b;
-  uint64_t lo, hi, i, offset;
-  uint32_t count = 0;
-  int r, err = 0;
+  const struct block *first = rt->dirty.head, *b;
 
   assert (first && first->state == BLOCK_DIRTY);
-  assert (w->busy && w->nr_blocks == 0);
+  *lo = *hi = first->blknum;
+  while (*hi - *lo + 1 < rt->wb_max_blocks && *lo > 0 &&
+         (b = lookup (rt, *lo - 1)) != NULL && b->state == BLOCK_DIRTY)
+    (*lo)--;
+  while (*hi - *lo + 1 < rt->wb_max_blocks && *hi + 1 < rt->nr_disk_blocks &&
+         (b = lookup (rt, *hi + 1)) != NULL && b->state == BLOCK_DIRTY)
+    (*hi)++;
+}
 
-  /* Claim: extend to adjacent DIRTY blocks, backwards then forwards. */
-  lo = hi = first->blknum;
-  while (hi - lo + 1 < rt->wb_max_blocks && lo > 0 &&
-         (b = lookup (rt, lo - 1)) != NULL && b->state == BLOCK_DIRTY)
-    lo--;
-  while (hi - lo + 1 < rt->wb_max_blocks && hi + 1 < rt->nr_disk_blocks &&
-         (b = lookup (rt, hi + 1)) != NULL && b->state == BLOCK_DIRTY)
-    hi++;
+/* Claim blocks [LO, HI] for writer W: each goes DIRTY -> WRITING and
+ * is copied into w->buf.  Returns the bytes to write.
+ */
+static uint32_t
+claim_job (struct ramtier *rt, struct writer *w, uint64_t lo, uint64_t hi)
+{
+  struct block *b;
+  uint32_t count = 0;
+  uint64_t i;
 
   w->minseq = UINT64_MAX;
   for (i = lo; i <= hi; ++i) {
@@ -443,21 +455,21 @@ run_job (struct ramtier *rt, struct writer *w)
     w->blocks[i - lo] = b;
   }
   w->nr_blocks = hi - lo + 1;
-  offset = lo * rt->block_size;
-  /* More to do: the next writer takes it while this one writes. */
-  if (rt->started)
-    kick_writers (rt);
+  return count;
+}
 
-  pthread_mutex_unlock (&rt->lock);
-  r = rt->below.pwrite (rt->below.opaque, w->buf, count, offset, &err);
-  pthread_mutex_lock (&rt->lock);
+/* The write below of writer W's job ended (R == 0: it worked): each
+ * block goes CLEAN, or back to DIRTY if it failed or was re-dirtied
+ * meanwhile.  A failure is recorded for the waiters and delays the
+ * writers (see the essay).
+ */
+static void
+finish_job (struct ramtier *rt, struct writer *w, uint32_t count,
+            uint64_t offset, int r, int err)
+{
+  struct block *b;
+  uint32_t i;
 
-  if (rt->verbose)
-    nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
-                  " (%" PRIu32 " blocks): %s", count, offset, w->nr_blocks,
-                  r == 0 ? "ok" : strerror (err));
-
-  /* Release, or undo on failure. */
   for (i = 0; i < w->nr_blocks; ++i) {
     b = w->blocks[i];
     if (r == 0)
@@ -478,8 +490,6 @@ run_job (struct ramtier *rt, struct writer *w)
   if (r == 0)
     rt->stats.written_below_bytes += count;
   else {
-    if (err == 0)
-      err = EIO;
     rt->wb_failures++;
     rt->wb_errno = err;
     rt->retry_at = deadline_after (RETRY_SECONDS);
@@ -487,6 +497,38 @@ run_job (struct ramtier *rt, struct writer *w)
                   " failed: %s (will retry)", count, offset, strerror (err));
   }
   pthread_cond_broadcast (&rt->cond);
+}
+
+/* Write back the oldest dirty block and its dirty neighbours, using
+ * writer W (busy, no job in flight): claim under the lock, write
+ * below without it, finish under it.  Returns with the lock held.
+ */
+static void
+run_job (struct ramtier *rt, struct writer *w)
+{
+  uint64_t lo, hi, offset;
+  uint32_t count;
+  int r, err = 0;
+
+  assert (w->busy && w->nr_blocks == 0);
+  job_extent (rt, &lo, &hi);
+  count = claim_job (rt, w, lo, hi);
+  offset = lo * rt->block_size;
+  /* More to do: the next writer takes it while this one writes. */
+  if (rt->started)
+    kick_writers (rt);
+
+  pthread_mutex_unlock (&rt->lock);
+  r = rt->below.pwrite (rt->below.opaque, w->buf, count, offset, &err);
+  pthread_mutex_lock (&rt->lock);
+  if (r == -1 && err == 0)
+    err = EIO;
+
+  if (rt->verbose)
+    nbdkit_debug ("ramcache: write-back of %" PRIu32 " bytes at %" PRIu64
+                  " (%" PRIu32 " blocks): %s", count, offset, w->nr_blocks,
+                  r == 0 ? "ok" : strerror (err));
+  finish_job (rt, w, count, offset, r, err);
 }
 
 /* Before ramtier_start, a caller that must wait for write-back does
@@ -585,6 +627,97 @@ get_buffer (struct ramtier *rt, const struct timespec *deadline, int *err)
   return buf;
 }
 
+/* Fill new block B (FILLING, in the table) with its LEN bytes from
+ * below, dropping the lock meanwhile: readers and writers of the block
+ * wait for the fill.  On error the block is dropped again.
+ */
+static int
+fill_block (struct ramtier *rt, struct block *b, uint32_t len, int *err)
+{
+  int r;
+
+  b->state = BLOCK_FILLING;
+  pthread_mutex_unlock (&rt->lock);
+  r = rt->below.pread (rt->below.opaque, b->data, len,
+                       b->blknum * rt->block_size, err);
+  pthread_mutex_lock (&rt->lock);
+  assert (b->state == BLOCK_FILLING);
+  pthread_cond_broadcast (&rt->cond);
+  if (r == -1) {
+    release_block (rt, b);
+    return -1;
+  }
+  return 0;
+}
+
+/* Bring absent block BLKNUM into RAM, DIRTY, for a write that covers
+ * it wholly (WHOLE) or in part (then its old data is read from below
+ * first).  Sets *BP.  Returns 0, -1 with *err set, or 1 if the lock
+ * was dropped while making room and someone else brought the block
+ * in meanwhile: look it up again.
+ */
+static int
+add_block (struct ramtier *rt, uint64_t blknum, bool whole,
+           const struct timespec *deadline, struct block **bp, int *err)
+{
+  const uint32_t len = block_len (rt, blknum);
+  char *data = get_buffer (rt, deadline, err);
+  struct block *b;
+
+  if (data == NULL)
+    return -1;
+  if (lookup (rt, blknum) != NULL) {
+    put_buffer (rt, data);
+    return 1;
+  }
+  b = calloc (1, sizeof *b);
+  if (b == NULL) {
+    *err = errno;
+    nbdkit_error ("calloc: %m");
+    put_buffer (rt, data);
+    return -1;
+  }
+  b->blknum = blknum;
+  b->data = data;
+  hash_insert (rt, b);
+  if (!whole && fill_block (rt, b, len, err) == -1)
+    return -1;
+  memset (data + len, 0, rt->block_size - len);
+  make_dirty (rt, b);
+  *bp = b;
+  return 0;
+}
+
+/* Held block B is about to be written: make it DIRTY (or REDIRTIED if
+ * a write-back of it is in flight).  Returns false if it had to wait
+ * for B to be filled (the lock was dropped: look B up again).
+ */
+static bool
+redirty_block (struct ramtier *rt, struct block *b)
+{
+  switch (b->state) {
+  case BLOCK_FILLING:
+    pthread_cond_wait (&rt->cond, &rt->lock);
+    return false;
+  case BLOCK_CLEAN:
+    list_remove (&rt->clean, b);
+    make_dirty (rt, b);
+    return true;
+  case BLOCK_DIRTY:
+  case BLOCK_REDIRTIED:
+    return true;
+  case BLOCK_WRITING:
+    /* The writer has its own copy; this one must be written again
+     * when it is done.
+     */
+    b->state = BLOCK_REDIRTIED;
+    b->seq = rt->next_seq++;
+    return true;
+  default:
+    abort ();
+  }
+}
+
 /* Write COUNT bytes of BUF (zeroes if BUF is NULL) at OFFSET,
  * waiting for room no later than DEADLINE if it is not NULL.
  */
@@ -602,72 +735,16 @@ write_range (struct ramtier *rt, const char *buf, uint32_t count,
     struct block *b = lookup (rt, blknum);
 
     if (b == NULL) {
-      char *data = get_buffer (rt, deadline, err);
-      int r;
+      const int r = add_block (rt, blknum, blkoff == 0 && n == len,
+                               deadline, &b, err);
 
-      if (data == NULL)
+      if (r == -1)
         return -1;
-      /* get_buffer may have dropped the lock: look again. */
-      if (lookup (rt, blknum) != NULL) {
-        *(void **) data = rt->free_bufs;
-        rt->free_bufs = data;
-        rt->nr_blocks--;
+      if (r == 1)
         continue;
-      }
-      b = calloc (1, sizeof *b);
-      if (b == NULL) {
-        *err = errno;
-        nbdkit_error ("calloc: %m");
-        *(void **) data = rt->free_bufs;
-        rt->free_bufs = data;
-        rt->nr_blocks--;
-        return -1;
-      }
-      b->blknum = blknum;
-      b->data = data;
-      hash_insert (rt, b);
-      if (blkoff == 0 && n == len)
-        memset (data + len, 0, rt->block_size - len);
-      else {
-        /* Partial block: read the rest from below first. */
-        b->state = BLOCK_FILLING;
-        pthread_mutex_unlock (&rt->lock);
-        r = rt->below.pread (rt->below.opaque, data, len,
-                             blknum * rt->block_size, err);
-        pthread_mutex_lock (&rt->lock);
-        assert (b->state == BLOCK_FILLING);
-        if (r == -1) {
-          release_block (rt, b);
-          return -1;
-        }
-        memset (data + len, 0, rt->block_size - len);
-        pthread_cond_broadcast (&rt->cond);
-      }
-      make_dirty (rt, b);
     }
-    else {
-      switch (b->state) {
-      case BLOCK_FILLING:
-        pthread_cond_wait (&rt->cond, &rt->lock);
-        continue;
-      case BLOCK_CLEAN:
-        list_remove (&rt->clean, b);
-        make_dirty (rt, b);
-        break;
-      case BLOCK_DIRTY:
-      case BLOCK_REDIRTIED:
-        break;
-      case BLOCK_WRITING:
-        /* The writer has its own copy; this one must be written
-         * again when it is done.
-         */
-        b->state = BLOCK_REDIRTIED;
-        b->seq = rt->next_seq++;
-        break;
-      default:
-        abort ();
-      }
-    }
+    else if (!redirty_block (rt, b))
+      continue;
 
     if (buf) {
       memcpy (b->data + blkoff, buf, n);
@@ -729,43 +806,21 @@ writer_thread (void *vp)
 }
 
 /* --------------------------------------------------------------
- * Public functions: they take the lock themselves.
+ * Creating and freeing the tier: no other thread is about yet.
  */
 
-struct ramtier *
-ramtier_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
-             const struct ramtier_below *below)
+/* Share LIMIT_BYTES out between the writers' buffers, the fixed cost
+ * and the blocks (see "Memory" in the essay), and set the water marks
+ * and the size of the hash table.
+ */
+static void
+share_out_limit (struct ramtier *rt, uint64_t limit_bytes)
 {
-  struct ramtier *rt;
-  uint64_t per_block, nominal, wb_bytes;
-  unsigned i;
+  const uint32_t block_size = rt->block_size;
+  const uint64_t per_block = block_size + BLOCK_OVERHEAD;
+  const uint64_t nominal = limit_bytes / per_block;
+  uint64_t wb_bytes;
 
-  if (!is_power_of_2 (block_size) || block_size < 512 ||
-      block_size > (64 << 20)) {
-    nbdkit_error ("ramcache: block size %" PRIu32 " must be a power of 2 "
-                  "between 512 and 64M", block_size);
-    return NULL;
-  }
-  if (below->pread == NULL || below->pwrite == NULL) {
-    nbdkit_error ("ramcache: the store below must have pread and pwrite");
-    return NULL;
-  }
-
-  rt = calloc (1, sizeof *rt);
-  if (rt == NULL) {
-    nbdkit_error ("calloc: %m");
-    return NULL;
-  }
-  rt->limit = limit_bytes;
-  rt->block_size = block_size;
-  rt->disk_size = disk_size;
-  rt->nr_disk_blocks = (disk_size + block_size - 1) / block_size;
-  rt->below = *below;
-  rt->next_seq = 1;
-
-  /* Share the limit out (see "Memory" above). */
-  per_block = block_size + BLOCK_OVERHEAD;
-  nominal = limit_bytes / per_block;
   /* One writer per 16 blocks of tier, so the writers' buffers (at
    * least one block each) stay within 1/16 of the limit.
    */
@@ -793,30 +848,6 @@ ramtier_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
   while (rt->nbuckets < rt->max_blocks)
     rt->nbuckets <<= 1;
 
-  pthread_mutex_init (&rt->lock, NULL);
-  pthread_cond_init (&rt->cond, NULL);
-  pthread_cond_init (&rt->writer_cond, NULL);
-
-  rt->buckets = calloc (rt->nbuckets, sizeof (struct block *));
-  rt->writers = calloc (rt->nr_writers, sizeof (struct writer));
-  if (rt->buckets == NULL || rt->writers == NULL) {
-    nbdkit_error ("calloc: %m");
-    ramtier_free (rt);
-    return NULL;
-  }
-  for (i = 0; i < rt->nr_writers; ++i) {
-    struct writer *w = &rt->writers[i];
-
-    w->rt = rt;
-    w->buf = malloc ((size_t) rt->wb_max_blocks * block_size);
-    w->blocks = calloc (rt->wb_max_blocks, sizeof (struct block *));
-    if (w->buf == NULL || w->blocks == NULL) {
-      nbdkit_error ("malloc: %m");
-      ramtier_free (rt);
-      return NULL;
-    }
-  }
-
   nbdkit_debug ("ramcache: limit %" PRIu64 " bytes: %" PRIu64 " blocks of %"
                 PRIu32 " (%" PRIu64 " bytes each with metadata), %u "
                 "writers writing up to %" PRIu32 " blocks at once, "
@@ -825,7 +856,83 @@ ramtier_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
                 limit_bytes, rt->max_blocks, block_size, per_block,
                 rt->nr_writers, rt->wb_max_blocks, rt->fixed_bytes,
                 rt->high_water);
+}
+
+/* Allocate the hash table and the writers' buffers.  Returns -1
+ * after nbdkit_error (the caller frees what was allocated).
+ */
+static int
+alloc_tables (struct ramtier *rt)
+{
+  unsigned i;
+
+  rt->buckets = calloc (rt->nbuckets, sizeof (struct block *));
+  rt->writers = calloc (rt->nr_writers, sizeof (struct writer));
+  if (rt->buckets == NULL || rt->writers == NULL) {
+    nbdkit_error ("calloc: %m");
+    return -1;
+  }
+  for (i = 0; i < rt->nr_writers; ++i) {
+    struct writer *w = &rt->writers[i];
+
+    w->rt = rt;
+    w->buf = malloc ((size_t) rt->wb_max_blocks * rt->block_size);
+    w->blocks = calloc (rt->wb_max_blocks, sizeof (struct block *));
+    if (w->buf == NULL || w->blocks == NULL) {
+      nbdkit_error ("malloc: %m");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+struct ramtier *
+ramtier_new (uint64_t limit_bytes, uint32_t block_size, uint64_t disk_size,
+             const struct ramtier_below *below)
+{
+  struct ramtier *rt;
+
+  if (!is_power_of_2 (block_size) || block_size < 512 ||
+      block_size > (64 << 20)) {
+    nbdkit_error ("ramcache: block size %" PRIu32 " must be a power of 2 "
+                  "between 512 and 64M", block_size);
+    return NULL;
+  }
+  if (below->pread == NULL || below->pwrite == NULL) {
+    nbdkit_error ("ramcache: the store below must have pread and pwrite");
+    return NULL;
+  }
+
+  rt = calloc (1, sizeof *rt);
+  if (rt == NULL) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  rt->limit = limit_bytes;
+  rt->block_size = block_size;
+  rt->disk_size = disk_size;
+  rt->nr_disk_blocks = (disk_size + block_size - 1) / block_size;
+  rt->below = *below;
+  rt->next_seq = 1;
+  share_out_limit (rt, limit_bytes);
+
+  pthread_mutex_init (&rt->lock, NULL);
+  pthread_cond_init (&rt->cond, NULL);
+  pthread_cond_init (&rt->writer_cond, NULL);
+  if (alloc_tables (rt) == -1) {
+    ramtier_free (rt);
+    return NULL;
+  }
   return rt;
+}
+
+/* The first writer thread runs: write-back is its job from now on. */
+static void
+set_started (struct ramtier *rt)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
+
+  rt->started = true;
 }
 
 int
@@ -847,10 +954,8 @@ ramtier_start (struct ramtier *rt)
     /* From the first thread on, callers leave write-back to the
      * threads.
      */
-    if (i == 0) {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&rt->lock);
-      rt->started = true;
-    }
+    if (i == 0)
+      set_started (rt);
   }
   return 0;
 }
@@ -905,6 +1010,52 @@ ramtier_free (struct ramtier *rt)
   free (rt);
 }
 
+/* --------------------------------------------------------------
+ * I/O: these take the lock themselves.
+ */
+
+/* Copy up to COUNT bytes at BLKOFF out of held block B (not FILLING)
+ * into BUF.  Returns the bytes copied.  Called with the lock held.
+ */
+static uint32_t
+read_held (struct ramtier *rt, struct block *b, char *buf,
+           uint32_t blkoff, uint32_t count)
+{
+  const uint32_t n = MIN (count, rt->block_size - blkoff);
+
+  memcpy (buf, b->data + blkoff, n);
+  rt->stats.read_hits++;
+  if (b->state == BLOCK_CLEAN) {
+    list_remove (&rt->clean, b);
+    list_append (&rt->clean, b);
+  }
+  return n;
+}
+
+/* Read up to COUNT bytes at OFFSET, in absent block BLKNUM and the
+ * absent blocks after it, from below.  Below has their newest data
+ * (see the essay), so the lock is dropped for the read.  Returns the
+ * bytes read, or 0 with *err set.  Called with the lock held.
+ */
+static uint32_t
+read_absent (struct ramtier *rt, uint64_t blknum, char *buf,
+             uint64_t offset, uint32_t count, int *err)
+{
+  uint64_t end = blknum + 1;
+  uint32_t n = MIN ((uint64_t) count, end * rt->block_size - offset);
+  int r;
+
+  while (n < count && lookup (rt, end) == NULL) {
+    n = MIN ((uint64_t) count, (end + 1) * rt->block_size - offset);
+    end++;
+  }
+  rt->stats.read_misses += end - blknum;
+  pthread_mutex_unlock (&rt->lock);
+  r = rt->below.pread (rt->below.opaque, buf, n, offset, err);
+  pthread_mutex_lock (&rt->lock);
+  return r == -1 ? 0 : n;
+}
+
 int
 ramtier_pread (struct ramtier *rt, void *vbuf, uint32_t count,
                uint64_t offset, int *err)
@@ -925,37 +1076,10 @@ ramtier_pread (struct ramtier *rt, void *vbuf, uint32_t count,
       pthread_cond_wait (&rt->cond, &rt->lock);
       continue;
     }
-    if (b) {
-      n = MIN (count, rt->block_size - blkoff);
-      memcpy (buf, b->data + blkoff, n);
-      rt->stats.read_hits++;
-      if (b->state == BLOCK_CLEAN) {
-        list_remove (&rt->clean, b);
-        list_append (&rt->clean, b);
-      }
-    }
-    else {
-      /* A run of absent blocks: below has their newest data (see the
-       * essay), so read it without the lock.
-       */
-      uint64_t end = blknum + 1;
-      uint64_t run_end;
-      int r;
-
-      n = MIN ((uint64_t) count, end * rt->block_size - offset);
-      while (n < count && lookup (rt, end) == NULL) {
-        run_end = MIN ((uint64_t) count,
-                       (end + 1) * rt->block_size - offset);
-        n = run_end;
-        end++;
-      }
-      rt->stats.read_misses += end - blknum;
-      pthread_mutex_unlock (&rt->lock);
-      r = rt->below.pread (rt->below.opaque, buf, n, offset, err);
-      pthread_mutex_lock (&rt->lock);
-      if (r == -1)
-        return -1;
-    }
+    if (b)
+      n = read_held (rt, b, buf, blkoff, count);
+    else if ((n = read_absent (rt, blknum, buf, offset, count, err)) == 0)
+      return -1;
     buf += n;
     count -= n;
     offset += n;
@@ -1003,6 +1127,76 @@ trim_below (struct ramtier *rt, uint64_t start, uint64_t end, int *err)
   return rt->below.trim (rt->below.opaque, end - start, start, err);
 }
 
+/* What a trim does with one piece of its range. */
+enum trim_piece {
+  TRIM_BELOW,                   /* trim it below */
+  TRIM_KEEP,                    /* leave it alone (held in part, or
+                                 * dropped before it reached below) */
+  TRIM_WAITED,                  /* waited for its block: look again */
+};
+
+/* Trim the piece [BLKOFF, BLKOFF + N) of block BLKNUM from RAM: a
+ * held block wholly inside is dropped, after waiting for any fill or
+ * write-back of it in flight.  Called with the lock held.
+ */
+static enum trim_piece
+trim_held (struct ramtier *rt, uint64_t blknum, uint32_t blkoff,
+           uint32_t n)
+{
+  const uint32_t len = block_len (rt, blknum);
+  struct block *b = lookup (rt, blknum);
+  bool below;
+
+  if (b == NULL)
+    return TRIM_BELOW;
+  if (blkoff != 0 || n != len)
+    return TRIM_KEEP;           /* partial block held: left alone */
+  switch (b->state) {
+  case BLOCK_FILLING:
+  case BLOCK_WRITING:
+  case BLOCK_REDIRTIED:
+    /* Dropping it now would let the write below in flight land after
+     * our trim below: wait for it.
+     */
+    pthread_cond_wait (&rt->cond, &rt->lock);
+    return TRIM_WAITED;
+  case BLOCK_DIRTY:
+    list_remove (&rt->dirty, b);
+    rt->nr_unclean--;
+    if (!b->on_below)
+      rt->stats.dropped_bytes += len;
+    break;
+  case BLOCK_CLEAN:
+    list_remove (&rt->clean, b);
+    break;
+  default:
+    abort ();
+  }
+  below = b->on_below;
+  release_block (rt, b);
+  return below ? TRIM_BELOW : TRIM_KEEP;
+}
+
+/* Send the range [*TSTART, *TEND) that a trim has built up so far
+ * below (without the lock), and start a new one at NEXT.  Called with
+ * the lock held; returns with it held.
+ */
+static int
+send_trim (struct ramtier *rt, uint64_t *tstart, uint64_t *tend,
+           uint64_t next, int *err)
+{
+  const uint64_t s = *tstart, e = *tend;
+  int r;
+
+  *tstart = *tend = next;
+  if (s == e)
+    return 0;
+  pthread_mutex_unlock (&rt->lock);
+  r = trim_below (rt, s, e, err);
+  pthread_mutex_lock (&rt->lock);
+  return r;
+}
+
 int
 ramtier_trim (struct ramtier *rt, uint32_t count, uint64_t offset,
               int *err)
@@ -1019,59 +1213,25 @@ ramtier_trim (struct ramtier *rt, uint32_t count, uint64_t offset,
   while (count > 0) {
     const uint64_t blknum = offset / rt->block_size;
     const uint32_t blkoff = offset % rt->block_size; /* within the block */
-    const uint32_t len = block_len (rt, blknum);
-    const uint32_t n = MIN (count, len - blkoff);
-    struct block *b = lookup (rt, blknum);
-    bool below = true;          /* trim this piece below? */
+    const uint32_t n = MIN (count, block_len (rt, blknum) - blkoff);
 
-    if (b && blkoff == 0 && n == len) {
-      switch (b->state) {
-      case BLOCK_FILLING:
-      case BLOCK_WRITING:
-      case BLOCK_REDIRTIED:
-        /* Dropping it now would let the write below in flight land
-         * after our trim below: wait for it.
-         */
-        pthread_cond_wait (&rt->cond, &rt->lock);
-        continue;
-      case BLOCK_DIRTY:
-        list_remove (&rt->dirty, b);
-        rt->nr_unclean--;
-        if (!b->on_below)
-          rt->stats.dropped_bytes += len;
-        break;
-      case BLOCK_CLEAN:
-        list_remove (&rt->clean, b);
-        break;
-      default:
-        abort ();
-      }
-      below = b->on_below;
-      release_block (rt, b);
-    }
-    else if (b)
-      below = false;            /* partial block held: left alone */
-
-    /* Pieces are consecutive, so tend == offset here. */
-    assert (tend == offset);
-    if (below)
+    switch (trim_held (rt, blknum, blkoff, n)) {
+    case TRIM_WAITED:
+      continue;
+    case TRIM_BELOW:
+      /* Pieces are consecutive, so tend == offset here. */
+      assert (tend == offset);
       tend = offset + n;
-    else {
+      break;
+    case TRIM_KEEP:
       /* Send what we have; start again after this piece. */
-      const uint64_t s = tstart, e = tend;
-
-      tstart = tend = offset + n;
-      if (s != e) {
-        int r;
-
+      if (send_trim (rt, &tstart, &tend, offset + n, err) == -1) {
         pthread_mutex_unlock (&rt->lock);
-        r = trim_below (rt, s, e, err);
-        pthread_mutex_lock (&rt->lock);
-        if (r == -1) {
-          pthread_mutex_unlock (&rt->lock);
-          return -1;
-        }
+        return -1;
       }
+      break;
+    default:
+      abort ();
     }
     count -= n;
     offset += n;
