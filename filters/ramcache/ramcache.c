@@ -419,56 +419,31 @@ ramcache_extents (nbdkit_next *next, void *handle, uint32_t count,
                   struct nbdkit_extents *extents, int *err)
 {
   const uint64_t end = offset + count;
-  struct nbdkit_extents *below = NULL;
   bool cached;
-  uint64_t n;
-  size_t i;
+  uint64_t n, got;
 
   while (offset < end) {
     n = ramtier_cached_run (tier, offset, end - offset, &cached);
     if (cached) {
-      if (nbdkit_add_extent (extents, offset, n, 0) == -1)
-        goto error;
+      if (nbdkit_add_extent (extents, offset, n, 0) == -1) {
+        *err = errno;
+        return -1;
+      }
     }
     else {
       /* Ask below for this run (it may answer for less). */
-      uint64_t pos = offset;
-
-      below = nbdkit_extents_new (offset, offset + n);
-      if (below == NULL)
-        goto error;
-      if (next->extents (next, n, offset, flags & ~NBDKIT_FLAG_REQ_ONE,
-                         below, err) == -1) {
-        nbdkit_extents_free (below);
+      if (context_extents_below (next, n, offset, flags, extents,
+                                 &got, err) == -1)
         return -1;
-      }
-      for (i = 0; i < nbdkit_extents_count (below); ++i) {
-        struct nbdkit_extent e = nbdkit_get_extent (below, i);
-        uint64_t s = MAX (e.offset, pos);
-        uint64_t t = MIN (e.offset + e.length, offset + n);
-
-        if (t <= s)
-          continue;
-        if (nbdkit_add_extent (extents, s, t - s, e.type) == -1)
-          goto error;
-        pos = t;
-      }
-      nbdkit_extents_free (below);
-      below = NULL;
-      if (pos == offset)        /* below answered nothing: stop */
+      if (got == offset)        /* below answered nothing: stop */
         return 0;
-      n = pos - offset;
+      n = got - offset;
     }
     offset += n;
     if (flags & NBDKIT_FLAG_REQ_ONE)
       break;
   }
   return 0;
-
- error:
-  *err = errno;
-  nbdkit_extents_free (below);
-  return -1;
 }
 
 static struct nbdkit_filter filter = {

@@ -759,6 +759,24 @@ send_one (struct nbdconn *c, const struct link_req *r, int *err)
   abort ();
 }
 
+/* The next connection of pool P, round robin. */
+static struct nbdconn *
+pool_pick (struct pool *p)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  return p->conns[p->next++ % p->n];
+}
+
+/* A connection of pool P died: the pool is lost (see lost_locked). */
+static void
+pool_lost (struct pool *p)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  lost_locked (p);
+}
+
 /* Note: an extents request whose connection died after some extents
  * were added cannot be sent again (nbdkit takes extents only in
  * order); nbdkit_add_extent then fails it, which is the EIO it would
@@ -781,16 +799,11 @@ link_request (const struct link_req *r, int *err)
       *err = EIO;
       return -1;
     }
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      c = p->conns[p->next++ % p->n];
-    }
+    c = pool_pick (p);
     ret = send_one (c, r, err);
     dead = ret == -1 && nbdconn_is_dead (c);
-    if (dead) {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      lost_locked (p);
-    }
+    if (dead)
+      pool_lost (p);
     pool_put (p);
     if (!dead)
       return ret;
