@@ -8,14 +8,10 @@ source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
-requires_program qemu-img
-requires_program nbdinfo
-requires_program qemu-nbd
-requires nbdinfo --map --json --help
+bd_requires_restore
 requires test -x "$TESTS_BIN/bitmap-discard-writer"
 
-d="$(mktemp -d /tmp/bd-crash.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir crash
 mkdir "$d/w"
 
 bd_live_disk 32M 16

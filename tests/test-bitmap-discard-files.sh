@@ -14,8 +14,7 @@ set -x
 requires_program nbdsh
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-files.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir files
 
 truncate -s 16M "$d/small.img"
 bd_live_disk 32M

@@ -15,8 +15,7 @@ set -x
 requires_program nbdsh
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-identity.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir identity
 
 bd_live_disk 32M
 

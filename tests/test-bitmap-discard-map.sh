@@ -13,14 +13,10 @@ source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
-requires_program nbdinfo
-requires_program qemu-img
-requires_program qemu-nbd
-requires nbdinfo --map --json --help
+bd_requires_restore
 requires_nbd_python
 
-d="$(mktemp -d /tmp/bd-map.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir map
 
 # A 32M disk: 2M of random data, the rest sparse.  4K granules, so
 # that a few thousand small writes make thousands of extents.

@@ -15,8 +15,7 @@ set -x
 requires_program nbdsh
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-startup.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir startup
 
 bd_live_disk 32M
 

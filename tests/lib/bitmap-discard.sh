@@ -50,6 +50,11 @@ json_get ()
 
 # The stack most tests run, in the test's directory $d:
 #
+#   bd_dir NAME              make $d (/tmp/bd-NAME.XXXXXX), removed at
+#                            exit by stop_stack
+#   bd_requires_restore      skip unless the tools that restore and
+#                            map backups are there (qemu-img, qemu-nbd,
+#                            nbdinfo --map --json)
 #   bd_live_disk SIZE [MIB]  the live disk: $d/live.img, SIZE bytes,
 #                            sparse but for MIB MiB of random data at
 #                            its start, served on $d/live.sock
@@ -63,6 +68,20 @@ json_get ()
 #   bd_refused MESSAGE [ARGS]
 #                            the same stack with ARGS, daemonised, must
 #                            refuse to start with MESSAGE (see there)
+
+bd_dir ()
+{
+    d="$(mktemp -d "/tmp/bd-$1.XXXXXX")"
+    cleanup_fn stop_stack "$d"
+}
+
+bd_requires_restore ()
+{
+    requires_program qemu-img
+    requires_program nbdinfo
+    requires_program qemu-nbd
+    requires nbdinfo --map --json --help
+}
 
 bd_live_disk ()
 {
