@@ -526,6 +526,9 @@ ours_args ()
         bd) echo "--filter=$BITMAP_DISCARD" ;;
     esac
     echo "--filter=$CBW" "$FLEECE" "live=$LIVE" "cbw-image=$img"
+    # Extra parameters for experiments, e.g. live-connections=1.
+    # shellcheck disable=SC2086
+    if [ -n "${BENCH_OURS_ARGS:-}" ]; then echo $BENCH_OURS_ARGS; fi
     case "$variant" in
         ram) echo "cbw-ram=$ram_bytes" ;;
         bd) mkdir -p "$work/bitmaps"; echo "bitmap-dir=$work/bitmaps" ;;

@@ -496,52 +496,87 @@ run (struct nbdconn *c, const struct request *r, int *err)
   return reply_error (c, r, e, err);
 }
 
-/* Send a command and wait for its reply until DEADLINE.  OWNED_BUF
- * is freed with the command, by us or, if we give up first, by the
- * callback.
+/* A command whose caller waits for it later: the heap command and
+ * what the reply's error message needs.
+ */
+struct nbdconn_cmd {
+  struct cmd cmd;
+  struct request r;
+};
+
+/* Queue R on the heap; OWNED_BUF is freed with the command, by us or,
+ * if the caller gives up first, by the callback.  Returns NULL with
+ * *err set (and OWNED_BUF freed) if it was not queued.
+ */
+static struct nbdconn_cmd *
+start (struct nbdconn *c, const struct request *r, void *owned_buf, int *err)
+{
+  struct nbdconn_cmd *ac;
+
+  ac = calloc (1, sizeof *ac);
+  if (ac == NULL) {
+    *err = errno;
+    nbdkit_error ("calloc: %m");
+    free (owned_buf);
+    return NULL;
+  }
+  ac->r = *r;
+  ac->cmd.c = c;
+  ac->cmd.owned_buf = owned_buf;
+  atomic_init (&ac->cmd.state, CMD_WAITING);
+  sem_init (&ac->cmd.done, 0, 0);
+  if (send_cmd (c, r, &ac->cmd, err) == -1) {
+    cmd_free (&ac->cmd);
+    return NULL;
+  }
+  return ac;
+}
+
+int
+nbdconn_finish (struct nbdconn_cmd *ac, const struct timespec *deadline,
+                int *err)
+{
+  struct nbdconn *c = ac->cmd.c;
+  const struct request r = ac->r;
+  int e;
+
+  for (;;) {
+    int w = deadline ?
+      sem_clockwait (&ac->cmd.done, CLOCK_MONOTONIC, deadline) :
+      sem_wait (&ac->cmd.done);
+
+    if (w == 0)
+      break;
+    if (errno == EINTR)
+      continue;
+    assert (errno == ETIMEDOUT);
+    if (atomic_exchange (&ac->cmd.state, CMD_ABANDONED) == CMD_WAITING) {
+      /* The callback frees it now. */
+      nbdkit_error ("%s: %s: no reply before the deadline",
+                    c->what, r.name);
+      *err = ETIMEDOUT;
+      return -1;
+    }
+    /* The reply came meanwhile: its post is on the way. */
+    deadline = NULL;
+  }
+  e = ac->cmd.err;
+  cmd_free (&ac->cmd);
+  return reply_error (c, &r, e, err);
+}
+
+/* Send a command and wait for its reply until DEADLINE (see
+ * start).
  */
 static int
 run_deadline (struct nbdconn *c, const struct request *r, void *owned_buf,
               const struct timespec *deadline, int *err)
 {
-  struct cmd *cmd;
-  int e;
+  struct nbdconn_cmd *ac = start (c, r, owned_buf, err);
 
-  cmd = calloc (1, sizeof *cmd);
-  if (cmd == NULL) {
-    *err = errno;
-    nbdkit_error ("calloc: %m");
-    free (owned_buf);
+  if (ac == NULL)
     return -1;
-  }
-  cmd->c = c;
-  cmd->owned_buf = owned_buf;
-  atomic_init (&cmd->state, CMD_WAITING);
-  sem_init (&cmd->done, 0, 0);
-  if (send_cmd (c, r, cmd, err) == -1) {
-    cmd_free (cmd);
-    return -1;
-  }
-
-  while (sem_clockwait (&cmd->done, CLOCK_MONOTONIC, deadline) == -1) {
-    if (errno == EINTR)
-      continue;
-    assert (errno == ETIMEDOUT);
-    if (atomic_exchange (&cmd->state, CMD_ABANDONED) == CMD_WAITING) {
-      /* The callback frees it now. */
-      nbdkit_error ("%s: %s: no reply before the deadline",
-                    c->what, r->name);
-      *err = ETIMEDOUT;
-      return -1;
-    }
-    /* The reply came meanwhile: its post is on the way. */
-    while (sem_wait (&cmd->done) == -1 && errno == EINTR)
-      ;
-    break;
-  }
-  e = cmd->err;
-  cmd_free (cmd);
-  return reply_error (c, r, e, err);
+  return nbdconn_finish (ac, deadline, err);
 }
 
 /* Reads and writes larger than the server takes go in pieces, one
@@ -602,6 +637,29 @@ nbdconn_pwrite_owned_deadline (struct nbdconn *c, void *buf,
   struct request r = { .kind = CMD_WRITE, .name = "write", .buf = buf,
                        .count = count, .offset = offset, .flags = flags };
   return run_deadline (c, &r, buf, deadline, err);
+}
+
+struct nbdconn_cmd *
+nbdconn_pwrite_owned_start (struct nbdconn *c, void *buf, uint32_t count,
+                            uint64_t offset, uint32_t flags, int *err)
+{
+  struct request r = { .kind = CMD_WRITE, .name = "write", .buf = buf,
+                       .count = count, .offset = offset, .flags = flags };
+
+  assert (count <= c->max_request);
+  return start (c, &r, buf, err);
+}
+
+uint64_t
+nbdconn_inflight (struct nbdconn *c)
+{
+  return atomic_load_explicit (&c->inflight, memory_order_relaxed);
+}
+
+uint32_t
+nbdconn_max_request (struct nbdconn *c)
+{
+  return c->max_request;
 }
 
 int

@@ -101,6 +101,40 @@ extern int nbdconn_pwrite_owned_deadline (struct nbdconn *c, void *buf,
                                           int *err)
   __attribute__ ((__nonnull__ (1, 2, 6, 7)));
 
+/* A write the caller waits for later, so that it can do other work
+ * while the write is on its way.  BUF must come from malloc; the
+ * command owns it in every case.  COUNT must not exceed
+ * nbdconn_max_request.  Returns NULL with *err set if the write was
+ * not sent.  Every command returned must be passed to nbdconn_finish
+ * exactly once.
+ */
+struct nbdconn_cmd;
+extern struct nbdconn_cmd *nbdconn_pwrite_owned_start (struct nbdconn *c,
+                                                       void *buf,
+                                                       uint32_t count,
+                                                       uint64_t offset,
+                                                       uint32_t flags,
+                                                       int *err)
+  __attribute__ ((__nonnull__ (1, 2, 6)));
+
+/* Wait for a command from nbdconn_*_start and free it; returns 0, or
+ * -1 with *err set from the reply.  With a DEADLINE
+ * (CLOCK_MONOTONIC, or NULL for none) that passes first, returns -1
+ * with *err = ETIMEDOUT; the command stays in flight and its buffer
+ * is freed when it completes.
+ */
+extern int nbdconn_finish (struct nbdconn_cmd *cmd,
+                           const struct timespec *deadline, int *err)
+  __attribute__ ((__nonnull__ (1, 3)));
+
+/* How many commands are in flight now (a hint: it moves). */
+extern uint64_t nbdconn_inflight (struct nbdconn *c)
+  __attribute__ ((__nonnull__ (1)));
+
+/* The largest read or write sent as one command (once connected). */
+extern uint32_t nbdconn_max_request (struct nbdconn *c)
+  __attribute__ ((__nonnull__ (1)));
+
 /* Wait until no command is in flight on the connection, including
  * those whose caller gave up at a deadline.
  */

@@ -373,16 +373,17 @@ cbw_pwrite (nbdkit_next *next, void *handle, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
   struct cbw_handle *h = handle;
+  struct snap_write w;
   int r;
 
   if (h->kind != EXPORT_WRITER) {
     *err = EROFS;
     return -1;
   }
-  if (snap_write_begin (next, count, offset, false, err) == -1)
+  if (snap_write_begin (next, count, offset, false, &w, err) == -1)
     return -1;
   r = next->pwrite (next, buf, count, offset, flags, err);
-  snap_write_end ();
+  snap_write_end (&w);
   return r;
 }
 
@@ -392,6 +393,7 @@ cbw_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
           uint32_t flags, int *err)
 {
   struct cbw_handle *h = handle;
+  struct snap_write w;
   int r;
 
   if (h->kind != EXPORT_WRITER) {
@@ -399,10 +401,10 @@ cbw_zero (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
     return -1;
   }
   if (snap_write_begin (next, count, offset,
-                        flags & NBDKIT_FLAG_FAST_ZERO, err) == -1)
+                        flags & NBDKIT_FLAG_FAST_ZERO, &w, err) == -1)
     return -1;
   r = next->zero (next, count, offset, flags, err);
-  snap_write_end ();
+  snap_write_end (&w);
   return r;
 }
 
@@ -414,14 +416,15 @@ cbw_trim (nbdkit_next *next, void *handle, uint32_t count, uint64_t offset,
           uint32_t flags, int *err)
 {
   struct cbw_handle *h = handle;
+  struct snap_write w;
   int r;
 
   switch (h->kind) {
   case EXPORT_WRITER:
-    if (snap_write_begin (next, count, offset, false, err) == -1)
+    if (snap_write_begin (next, count, offset, false, &w, err) == -1)
       return -1;
     r = next->trim (next, count, offset, flags, err);
-    snap_write_end ();
+    snap_write_end (&w);
     return r;
   case EXPORT_SNAPSHOT:
     return snap_trim (count, offset, err);

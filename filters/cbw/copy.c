@@ -16,6 +16,26 @@
  * A cluster is COPYING only between its claim and its publish, and
  * only the writer that claimed it moves it on, so the publish step
  * asserts what it finds.
+ *
+ * Write-behind.  The copy step is two round trips: read the old data
+ * below, write it to the store.  The writer's own write to the live
+ * disk needs only the first to be done: from then on the old data is
+ * in our buffer, and the store write can travel while the live disk
+ * takes the new data.  So under break-snapshot (the default), once
+ * the old data is read, copy_begin_locked starts the store writes and
+ * returns; the writer goes below, and copy_end_locked waits for the
+ * store writes and publishes.  A first write then costs a read and
+ * the longer of two writes, instead of the sum of three.
+ *
+ * The PIT stays exact because the clusters stay COPYING until the
+ * publish, and a snapshot read never reads a COPYING cluster: it
+ * waits for the publish (snap.c, "Frozen reads") and then reads the
+ * store.  A store write that fails after the live disk changed
+ * cannot keep the data, so its only possible policy is to break the
+ * snapshot: under break-write the copy is done in full before the
+ * writer goes below, as the policy requires.  Memory stays bounded:
+ * each buffer belongs to one write in flight, and runs longer than
+ * one copy piece are copied in full first.
  */
 
 #include <config.h>
@@ -37,17 +57,10 @@
 #include "engine.h"
 #include "store.h"
 
-/* A run of clusters claimed for copying. */
-struct run {
-  uint64_t first, end;          /* clusters [first, end) */
-  int err;                      /* 0, or why its copy failed */
-};
-
-/* The runs a writer claimed. */
-struct claim {
-  struct run *runs;
-  size_t nr_runs;
-};
+/* The largest buffer a copy reads at once: big writes copy in
+ * pieces, and only runs up to this size are written behind.
+ */
+#define COPY_PIECE (UINT64_C (8) << 20)
 
 /* True if a cluster in [first, end) is COPYING. */
 static bool
@@ -85,7 +98,7 @@ copy_wait_all_locked (void)
  */
 static int
 claim_locked (uint64_t first, uint64_t end, bool fast_zero,
-              struct claim *cl, int *err)
+              struct copy *cl, int *err)
 {
   uint64_t c;
 
@@ -107,7 +120,8 @@ claim_locked (uint64_t first, uint64_t end, bool fast_zero,
       return -1;
     }
     if (cl->nr_runs == 0 || cl->runs[cl->nr_runs - 1].end != c)
-      cl->runs[cl->nr_runs++] = (struct run) { .first = c, .end = c + 1 };
+      cl->runs[cl->nr_runs++] =
+        (struct copy_run) { .first = c, .end = c + 1 };
     else
       cl->runs[cl->nr_runs - 1].end = c + 1;
     bitmap_set (&eng.clusters, c, CL_COPYING);
@@ -120,18 +134,12 @@ claim_locked (uint64_t first, uint64_t end, bool fast_zero,
 
 /* Copy one run of clusters from below to the store.  No lock held. */
 static int
-copy_run (nbdkit_next *next, uint64_t first, uint64_t end, int *err)
+copy_run (nbdkit_next *next, uint64_t first, uint64_t end,
+          const struct timespec *dl, int *err)
 {
   uint64_t offset = first * cbw_cluster_size;
   uint64_t len = cluster_bytes (first, end);
-  struct timespec deadline, *dl = NULL;
-  /* Bound the bounce buffer: big writes copy in pieces. */
-  const uint64_t piece = MAX ((uint64_t) cbw_cluster_size, 8u << 20);
-
-  if (cbw_timeout > 0) {
-    deadline = deadline_after (cbw_timeout);
-    dl = &deadline;
-  }
+  const uint64_t piece = MAX ((uint64_t) cbw_cluster_size, COPY_PIECE);
 
   while (len > 0) {
     uint32_t n = MIN (len, piece);
@@ -158,20 +166,28 @@ copy_run (nbdkit_next *next, uint64_t first, uint64_t end, int *err)
   return 0;
 }
 
+/* The copy's deadline (cbw-timeout), or NULL. */
+static const struct timespec *
+deadline_of (const struct copy *cl)
+{
+  return cl->has_deadline ? &cl->deadline : NULL;
+}
+
 /* Copy every claimed run.  No lock held.  Returns true if all were
  * copied; each failed run has its err set.
  */
 static bool
-copy_runs (nbdkit_next *next, struct claim *cl)
+copy_runs (nbdkit_next *next, struct copy *cl)
 {
   bool ok = true;
   size_t i;
 
   for (i = 0; i < cl->nr_runs; ++i) {
-    struct run *r = &cl->runs[i];
+    struct copy_run *r = &cl->runs[i];
 
     r->err = 0;
-    if (copy_run (next, r->first, r->end, &r->err) == -1) {
+    if (copy_run (next, r->first, r->end, deadline_of (cl),
+                  &r->err) == -1) {
       if (r->err == 0)
         r->err = EIO;
       ok = false;
@@ -208,14 +224,14 @@ break_snapshot_locked (const char *why)
  * *err set if it must fail.
  */
 static int
-apply_error_policy_locked (const struct claim *cl, int *err)
+apply_error_policy_locked (const struct copy *cl, int *err)
 {
   int first_err = 0;
   size_t i;
   uint64_t c;
 
   for (i = 0; i < cl->nr_runs; ++i) {
-    const struct run *r = &cl->runs[i];
+    const struct copy_run *r = &cl->runs[i];
 
     if (r->err == 0)
       continue;
@@ -260,7 +276,7 @@ apply_error_policy_locked (const struct claim *cl, int *err)
  * COPYING go FREE: the snapshot no longer wants them.
  */
 static void
-undo_after_break_locked (const struct claim *cl)
+undo_after_break_locked (const struct copy *cl)
 {
   size_t i;
   uint64_t c;
@@ -275,14 +291,14 @@ undo_after_break_locked (const struct claim *cl)
  * to those that were not, and wake whoever waits for copies.
  */
 static int
-publish_locked (const struct claim *cl, bool all_ok, int *err)
+publish_locked (const struct copy *cl, bool all_ok, int *err)
 {
   size_t i;
   uint64_t c;
   int r = 0;
 
   for (i = 0; i < cl->nr_runs; ++i) {
-    const struct run *run = &cl->runs[i];
+    const struct copy_run *run = &cl->runs[i];
     uint64_t bytes = cluster_bytes (run->first, run->end);
 
     eng.copies_inflight -= run->end - run->first;
@@ -317,30 +333,137 @@ wait_for_other_copies_locked (uint64_t first, uint64_t end)
   }
 }
 
-int
-copy_before_write_locked (nbdkit_next *next, uint64_t first, uint64_t end,
-                          bool fast_zero, int *err)
+/* Can CL's store writes go on behind the writer (see "Write-behind")? */
+static bool
+can_write_behind (const struct copy *cl)
 {
-  struct claim cl;
+  size_t i;
+
+  if (cbw_on_error != CBW_BREAK_SNAPSHOT)
+    return false;
+  for (i = 0; i < cl->nr_runs; ++i)
+    if (cluster_bytes (cl->runs[i].first, cl->runs[i].end) > COPY_PIECE)
+      return false;
+  return true;
+}
+
+static bool finish_runs (struct copy *cl);
+
+/* Read each run below and start its store write.  No lock held.
+ * Returns false if a read failed: then every store write that was
+ * started has been waited for, and the runs carry their errors.
+ */
+static bool
+read_and_start_runs (nbdkit_next *next, struct copy *cl)
+{
+  bool ok = true;
+  size_t i;
+
+  for (i = 0; i < cl->nr_runs && ok; ++i) {
+    struct copy_run *r = &cl->runs[i];
+    uint64_t offset = r->first * cbw_cluster_size;
+    uint32_t n = cluster_bytes (r->first, r->end);
+    char *buf = malloc (n);
+
+    if (buf == NULL) {
+      r->err = errno;
+      nbdkit_error ("malloc: %m");
+      ok = false;
+    }
+    else if (next->pread (next, buf, n, offset, 0, &r->err) == -1) {
+      free (buf);
+      ok = false;
+    }
+    else {
+      store_write_start (buf, n, offset, deadline_of (cl), &r->w);
+      r->started = true;
+    }
+  }
+  if (!ok)
+    finish_runs (cl);
+  return ok;
+}
+
+/* Wait for the store writes read_and_start_runs started.  No lock
+ * held.  Returns true if all of them, and every read, succeeded.
+ */
+static bool
+finish_runs (struct copy *cl)
+{
+  bool ok = true;
+  size_t i;
+
+  for (i = 0; i < cl->nr_runs; ++i) {
+    struct copy_run *r = &cl->runs[i];
+
+    if (r->started) {
+      r->started = false;
+      if (store_write_finish (&r->w, &r->err) == -1 && r->err == 0)
+        r->err = EIO;
+    }
+    if (r->err != 0)
+      ok = false;
+  }
+  return ok;
+}
+
+int
+copy_begin_locked (nbdkit_next *next, uint64_t first, uint64_t end,
+                   bool fast_zero, struct copy *cl, int *err)
+{
   bool all_ok;
   int r;
 
+  *cl = (struct copy) { .behind = false };
   if (!wait_for_other_copies_locked (first, end))
     return 0;
-  if (claim_locked (first, end, fast_zero, &cl, err) == -1)
+  if (claim_locked (first, end, fast_zero, cl, err) == -1)
     return -1;
-  if (cl.nr_runs == 0) {
-    free (cl.runs);
+  if (cl->nr_runs == 0) {
+    free (cl->runs);
+    cl->runs = NULL;
     return 0;
   }
+  if (cbw_timeout > 0) {
+    cl->deadline = deadline_after (cbw_timeout);
+    cl->has_deadline = true;
+  }
 
+  cl->behind = can_write_behind (cl);
   pthread_mutex_unlock (&eng.lock);
-  all_ok = copy_runs (next, &cl);
+  if (cl->behind)
+    cl->behind = all_ok = read_and_start_runs (next, cl);
+  else
+    all_ok = copy_runs (next, cl);
+  pthread_mutex_lock (&eng.lock);
+  if (cl->behind)
+    return 0;                   /* published by copy_end_locked */
+
+  r = publish_locked (cl, all_ok, err);
+  free (cl->runs);
+  cl->runs = NULL;
+  return r;
+}
+
+void
+copy_end_locked (struct copy *cl)
+{
+  bool all_ok;
+  int err = 0;
+  int r;
+
+  if (!cl->behind)
+    return;
+  pthread_mutex_unlock (&eng.lock);
+  all_ok = finish_runs (cl);
   pthread_mutex_lock (&eng.lock);
 
-  r = publish_locked (&cl, all_ok, err);
-  free (cl.runs);
-  return r;
+  /* Only break-snapshot writes behind: the writer never fails here. */
+  r = publish_locked (cl, all_ok, &err);
+  assert (r == 0);
+  free (cl->runs);
+  cl->runs = NULL;
+  cl->behind = false;
 }
 
 /* The store can no longer keep the snapshot's data (see snap.h). */

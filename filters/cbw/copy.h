@@ -8,22 +8,58 @@
 #define NBDKIT_CBW_COPY_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <nbdkit-filter.h>
 
+#include "store.h"
+
+/* A run of clusters a writer claimed for copying. */
+struct copy_run {
+  uint64_t first, end;          /* clusters [first, end) */
+  int err;                      /* 0, or why its copy failed */
+  bool started;                 /* w is on its way (write-behind) */
+  struct store_write w;
+};
+
+/* A writer's copy-before-write, from copy_begin_locked to
+ * copy_end_locked.  Owned by the writer's thread.
+ */
+struct copy {
+  struct copy_run *runs;        /* the claimed runs */
+  size_t nr_runs;
+  bool behind;                  /* store writes on their way */
+  bool has_deadline;            /* cbw-timeout */
+  struct timespec deadline;
+};
+
 /* Preserve clusters [first, end) before a writer changes them: wait
  * for other writers' copies of them, claim the NEEDED ones (COPYING),
- * copy them from below to the store with the lock dropped, then
- * publish them (SAVED) or, on failure or timeout, apply cbw-on-error.
- * Returns 0 if the write may go below, or -1 with *err set if it must
- * fail (ENOTSUP: FAST_ZERO and a copy was needed; EIO: the copy
- * failed under break-write; ENOMEM).
+ * and copy them from below to the store with the lock dropped.  When
+ * the copy is done in full here, publish them (SAVED) or, on failure
+ * or timeout, apply cbw-on-error.  Under write-behind (copy.c), the
+ * old data has been read when this returns and the store writes are
+ * on their way; copy_end_locked publishes.  Either way the old data
+ * no longer needs the live disk when this returns 0.  Returns 0 if
+ * the write may go below, or -1 with *err set if it must fail
+ * (ENOTSUP: FAST_ZERO and a copy was needed; EIO: the copy failed
+ * under break-write; ENOMEM).  Call copy_end_locked once the write
+ * below is done, whatever it returned, unless this returned -1.
  */
-extern int copy_before_write_locked (nbdkit_next *next, uint64_t first,
-                                     uint64_t end, bool fast_zero,
-                                     int *err)
-  __attribute__ ((__nonnull__ (1, 5)));
+extern int copy_begin_locked (nbdkit_next *next, uint64_t first,
+                              uint64_t end, bool fast_zero,
+                              struct copy *cl, int *err)
+  __attribute__ ((__nonnull__ (1, 5, 6)));
+
+/* Finish CL: wait for its store writes and publish them, if they were
+ * written behind (drops the lock meanwhile); otherwise nothing.  A
+ * failure here breaks the snapshot (only break-snapshot writes
+ * behind), so the writer's request never fails.
+ */
+extern void copy_end_locked (struct copy *cl)
+  __attribute__ ((__nonnull__ (1)));
 
 /* Wait until no cluster in [first, end) is COPYING.  Returns true if
  * it had to wait (and so dropped the lock).

@@ -17,18 +17,20 @@
  *             | snapshot at all     |                     |
  *   NEEDED 01 | on the live disk    | claims it: COPYING  | live disk,
  *             |                     |                     | frozen (*)
- *   COPYING 10| on the live disk,   | waits until it is   | live disk,
- *             | being copied        | SAVED (or NEEDED    | frozen (*)
- *             |                     | again on failure)   |
+ *   COPYING 10| being copied: on    | waits until it is   | waits until it
+ *             | the live disk, or   | SAVED (or NEEDED    | is SAVED (or
+ *             | read and on its way | again on failure)   | NEEDED again)
+ *             | to the store        |                     |
  *   SAVED  11 | in the fleece store | goes below after    | store
  *             |                     | frozen reads (*)    |
  *
  * Transitions: taking the PIT sets every cluster NEEDED.  A writer
  * claims the NEEDED clusters it touches (NEEDED -> COPYING), copies
- * them without the lock (read below, write to the store), and then
- * marks them SAVED: that is the copy module, copy.c, which also holds
- * the error policy (cbw-on-error, cbw-timeout) for a copy that fails
- * or misses its deadline.  A TRIM on the snapshot export makes any
+ * them without the lock (read below, write to the store, the store
+ * write overlapping the writer's own write below when it can), and
+ * then marks them SAVED: that is the copy module, copy.c, which also
+ * holds the error policy (cbw-on-error, cbw-timeout) for a copy that
+ * fails or misses its deadline.  A TRIM on the snapshot export makes any
  * cluster FREE, dropping a SAVED copy from the store; it waits for
  * COPYING clusters first, so a copy never lands on a released
  * cluster.  The end of the snapshot makes every cluster FREE.
@@ -41,7 +43,10 @@
  * copy-before-write, waits until no live piece overlaps its clusters;
  * pieces read from the store do not hold it.  No new live piece can
  * start there meanwhile, because the writer's clusters are no longer
- * NEEDED or COPYING: new reads go to the store.  So the writer
+ * NEEDED: a new read waits while they are COPYING and then goes to
+ * the store.  (It must wait: under write-behind, copy.c, the live
+ * disk takes the writer's data while the old data is still on its
+ * way to the store.)  So the writer
  * reaches the live disk only after every read of the old data there
  * is done.  This wait is needed even when the writer did not copy
  * anything itself: another writer may have just saved the cluster
@@ -191,14 +196,15 @@ write_enter_locked (void)
 
 int
 snap_write_begin (nbdkit_next *next, uint32_t count, uint64_t offset,
-                  bool fast_zero, int *err)
+                  bool fast_zero, struct snap_write *w, int *err)
 {
   uint64_t first, end;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&eng.lock);
 
   clusters_touched (offset, count, &first, &end);
   write_enter_locked ();
-  if (copy_before_write_locked (next, first, end, fast_zero, err) == -1) {
+  if (copy_begin_locked (next, first, end, fast_zero, &w->copy,
+                         err) == -1) {
     write_done_locked ();
     return -1;
   }
@@ -208,10 +214,11 @@ snap_write_begin (nbdkit_next *next, uint32_t count, uint64_t offset,
 }
 
 void
-snap_write_end (void)
+snap_write_end (struct snap_write *w)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&eng.lock);
 
+  copy_end_locked (&w->copy);
   write_done_locked ();
 }
 
@@ -480,9 +487,9 @@ source_of (unsigned st, bool allow_free)
 {
   switch (st) {
   case CL_FREE: return allow_free ? SRC_NONE : -1;
-  case CL_NEEDED:
-  case CL_COPYING: return SRC_LIVE;
+  case CL_NEEDED: return SRC_LIVE;
   case CL_SAVED: return SRC_STORE;
+  case CL_COPYING: break;       /* io_begin waited for the copy */
   }
   abort ();
 }
@@ -534,10 +541,17 @@ static int
 io_begin (const char *what, uint32_t count, uint64_t offset,
           bool allow_free, struct snap_io *io, int *err)
 {
+  uint64_t first, end;
   size_t i;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&eng.lock);
 
   assert (eng.state == SNAP_ACTIVE);
+  /* COPYING clusters: their old data may be only in a writer's
+   * buffer by now (write-behind, copy.c); it is in the store once
+   * published.
+   */
+  clusters_touched (offset, count, &first, &end);
+  copy_wait_range_locked (first, end);
   if (eng.broken) {
     nbdkit_error ("cbw: %s of broken snapshot %" PRIu64,
                   what, eng.generation);
@@ -553,7 +567,6 @@ io_begin (const char *what, uint32_t count, uint64_t offset,
   }
   for (i = 0; i < io->n; ++i) {
     struct piece *p = &io->pieces[i];
-    uint64_t first, end;
 
     if (p->src == SRC_NONE)
       continue;

@@ -14,6 +14,8 @@
 
 #include <nbdkit-filter.h>
 
+#include "copy.h"
+
 /* What a failed (or timed out) copy-before-write does. */
 enum cbw_on_error {
   CBW_BREAK_SNAPSHOT,           /* the write proceeds, snapshot breaks */
@@ -38,16 +40,23 @@ extern void snap_free (void);
  * zero or trim of [offset, offset+count) below: it waits while a
  * snapshot is being taken, copies whatever clusters the snapshot
  * still needs to the store, and waits until no snapshot read of the
- * old data is in flight.  On success, call snap_write_end once the
- * request below has completed (whether or not it succeeded).  On
+ * old data is in flight.  The store writes of the copy may still be
+ * on their way (copy.c, "Write-behind").  On success, call
+ * snap_write_end with the same W once the request below has
+ * completed (whether or not it succeeded): it finishes the copy.  On
  * failure (-1, *err set) do not send the request and do not call
  * snap_write_end.  With FAST_ZERO, a request that needs a copy fails
  * with ENOTSUP instead.
  */
+struct snap_write {
+  struct copy copy;
+};
 extern int snap_write_begin (nbdkit_next *next, uint32_t count,
-                             uint64_t offset, bool fast_zero, int *err)
-  __attribute__ ((__nonnull__ (1, 5)));
-extern void snap_write_end (void);
+                             uint64_t offset, bool fast_zero,
+                             struct snap_write *w, int *err)
+  __attribute__ ((__nonnull__ (1, 5, 6)));
+extern void snap_write_end (struct snap_write *w)
+  __attribute__ ((__nonnull__ (1)));
 
 /* The snapshot export: open takes the point in time if no snapshot
  * is active (or revives a lingering one); close ends it with the last

@@ -581,45 +581,77 @@ use_less (uint64_t count)
   use_bytes -= MIN (use_bytes, count);
 }
 
+/* Start preserving data (see store.h).  Into the RAM tier, or when
+ * the write cannot go as one command, the write is done here, and
+ * store_write_finish only reports it.
+ */
+void
+store_write_start (void *buf, uint32_t count, uint64_t offset,
+                   const struct timespec *deadline, struct store_write *w)
+{
+  *w = (struct store_write) { .count = count };
+  if (deadline) {
+    w->deadline = *deadline;
+    w->has_deadline = true;
+  }
+  if (use_more (count, &w->err) == -1) {
+    free (buf);
+    w->r = -1;
+    return;
+  }
+  w->counted = true;
+  if (ram) {
+    /* Into RAM; only a full tier makes this wait, and the deadline
+     * bounds that wait.
+     */
+    w->r = deadline ?
+      ramtier_pwrite_deadline (ram, buf, count, offset, deadline, &w->err) :
+      ramtier_pwrite (ram, buf, count, offset, &w->err);
+    free (buf);
+  }
+  else if (link_down (&w->err)) {
+    free (buf);
+    w->r = -1;
+  }
+  else if (count > nbdconn_max_request (conn)) {
+    w->r = nbdconn_pwrite (conn, buf, count, offset, 0, &w->err);
+    free (buf);
+  }
+  else {
+    w->cmd = nbdconn_pwrite_owned_start (conn, buf, count, offset, 0,
+                                         &w->err);
+    w->r = w->cmd ? 0 : -1;
+  }
+}
+
+int
+store_write_finish (struct store_write *w, int *err)
+{
+  if (w->cmd) {
+    w->r = nbdconn_finish (w->cmd, w->has_deadline ? &w->deadline : NULL,
+                           &w->err);
+    w->cmd = NULL;
+  }
+  if (w->r == -1) {
+    if (!ram)
+      check_conn (conn);
+    /* A failed copy is undone by the engine: not preserved. */
+    if (w->counted)
+      use_less (w->count);
+    *err = w->err;
+  }
+  return w->r;
+}
+
 /* Preserve data (see store.h). */
 int
 store_write_owned (void *buf, uint32_t count, uint64_t offset,
                    const struct timespec *deadline, int *err)
 {
-  int r;
+  struct store_write w;
 
-  if (use_more (count, err) == -1) {
-    free (buf);
-    return -1;
-  }
-  if (ram) {
-    /* Into RAM; only a full tier makes this wait, and the deadline
-     * bounds that wait.
-     */
-    r = deadline ?
-      ramtier_pwrite_deadline (ram, buf, count, offset, deadline, err) :
-      ramtier_pwrite (ram, buf, count, offset, err);
-    free (buf);
-  }
-  else if (link_down (err)) {
-    free (buf);
-    r = -1;
-  }
-  else {
-    if (deadline)
-      r = nbdconn_pwrite_owned_deadline (conn, buf, count, offset, 0,
-                                         deadline, err);
-    else {
-      r = nbdconn_pwrite (conn, buf, count, offset, 0, err);
-      free (buf);
-    }
-    if (r == -1)
-      check_conn (conn);
-  }
-  /* A failed copy is undone by the engine: not preserved. */
-  if (r == -1)
-    use_less (count);
-  return r;
+  store_write_start (buf, count, offset, deadline, &w);
+  return store_write_finish (&w, err);
 }
 
 /* Trim [offset, offset+count) in pieces an NBD request can take. */

@@ -76,6 +76,28 @@ extern int store_write_owned (void *buf, uint32_t count, uint64_t offset,
                               const struct timespec *deadline, int *err)
   __attribute__ ((__nonnull__ (1, 5)));
 
+/* The same write in two halves, so that the caller can do other
+ * work while it is on its way: store_write_start takes BUF as
+ * store_write_owned does and never fails by itself; store_write_finish
+ * waits (until DEADLINE, if any) and returns what store_write_owned
+ * would have.  Call store_write_finish exactly once for every start.
+ */
+struct nbdconn_cmd;
+struct store_write {
+  struct nbdconn_cmd *cmd;      /* on its way, or NULL: done */
+  uint32_t count;
+  bool counted;                 /* counted in the store's use */
+  bool has_deadline;
+  struct timespec deadline;
+  int r, err;                   /* the result once done */
+};
+extern void store_write_start (void *buf, uint32_t count, uint64_t offset,
+                               const struct timespec *deadline,
+                               struct store_write *w)
+  __attribute__ ((__nonnull__ (1, 5)));
+extern int store_write_finish (struct store_write *w, int *err)
+  __attribute__ ((__nonnull__ (1, 2)));
+
 /* Drop [offset, offset+count), preserved clusters only, from the
  * store, freeing its space; they no longer count as preserved.
  */
