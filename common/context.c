@@ -4,12 +4,14 @@
 
 #include <config.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include <nbdkit-filter.h>
 
 #include "context.h"
+#include "rounding.h"
 
 /* Ask every capability; -1 if one failed. */
 static int
@@ -27,6 +29,17 @@ ask_caps (nbdkit_next *next, struct context_caps *c)
   if (c->size == -1 || c->can_write == -1 || c->can_flush == -1 ||
       c->can_trim == -1 || c->can_zero == -1 || c->can_fast_zero == -1 ||
       c->can_fua == -1 || c->can_extents == -1 || c->can_cache == -1)
+    return -1;
+  return 0;
+}
+
+/* Ask everything once (see context.h). */
+int
+context_ask_all (nbdkit_next *next)
+{
+  struct context_caps c;
+
+  if (ask_caps (next, &c) == -1 || next->can_multi_conn (next) == -1)
     return -1;
   return 0;
 }
@@ -75,4 +88,44 @@ context_close_below (nbdkit_next *next)
     next->finalize (next);
     nbdkit_next_context_close (next);
   }
+}
+
+/* Ask below and copy its answer (see context.h). */
+int
+context_extents_below (nbdkit_next *next, uint32_t count, uint64_t offset,
+                       uint32_t flags, struct nbdkit_extents *extents,
+                       uint64_t *end, int *err)
+{
+  const uint64_t limit = offset + count;
+  struct nbdkit_extents *below;
+  size_t i, n;
+
+  *end = offset;
+  below = nbdkit_extents_new (offset, limit);
+  if (below == NULL) {
+    *err = errno;
+    return -1;
+  }
+  if (next->extents (next, count, offset, flags & ~NBDKIT_FLAG_REQ_ONE,
+                     below, err) == -1) {
+    nbdkit_extents_free (below);
+    return -1;
+  }
+  n = nbdkit_extents_count (below);
+  for (i = 0; i < n; ++i) {
+    const struct nbdkit_extent e = nbdkit_get_extent (below, i);
+    const uint64_t s = MAX (e.offset, *end);
+    const uint64_t t = MIN (e.offset + e.length, limit);
+
+    if (t <= s)
+      continue;
+    if (nbdkit_add_extent (extents, s, t - s, e.type) == -1) {
+      *err = errno;
+      nbdkit_extents_free (below);
+      return -1;
+    }
+    *end = t;
+  }
+  nbdkit_extents_free (below);
+  return 0;
 }

@@ -44,4 +44,27 @@ extern nbdkit_next *context_open_below (nbdkit_backend *backend,
  */
 extern void context_close_below (nbdkit_next *next);
 
+/* Ask NEXT (a connection's context) its size and every capability,
+ * can_multi_conn included, once: nbdkit caches each answer and
+ * asserts that it was asked before the matching data call, so a
+ * filter whose own can_* callbacks do not all ask below calls this in
+ * .prepare.  Returns -1 if any of them failed.
+ */
+extern int context_ask_all (nbdkit_next *next)
+  __attribute__ ((__nonnull__ (1)));
+
+/* Ask NEXT for the extents of [OFFSET, OFFSET + COUNT) (with FLAGS
+ * less NBDKIT_FLAG_REQ_ONE) and add its answer, clipped to that
+ * range, to EXTENTS.  Below may answer for less than it was asked:
+ * *END is set to where its answer stops (OFFSET if it answered
+ * nothing).  Returns 0, or -1 with *ERR set.  For filters that report
+ * part of a range themselves and pass the rest down (ramcache,
+ * bitmap-discard).
+ */
+extern int context_extents_below (nbdkit_next *next, uint32_t count,
+                                  uint64_t offset, uint32_t flags,
+                                  struct nbdkit_extents *extents,
+                                  uint64_t *end, int *err)
+  __attribute__ ((__nonnull__ (1, 5, 6, 7)));
+
 #endif /* NBDKIT_FLEECE_CONTEXT_H */

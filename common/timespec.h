@@ -27,6 +27,17 @@ ts_now (void)
   return t;
 }
 
+/* The current CLOCK_MONOTONIC time in seconds, for code that keeps
+ * its deadlines as doubles (the control tool).
+ */
+static inline double
+ts_now_seconds (void)
+{
+  const struct timespec t = ts_now ();
+
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
 /* T + SECS (SECS >= 0, fractions kept to the nanosecond). */
 static inline struct timespec
 ts_add (struct timespec t, double secs)

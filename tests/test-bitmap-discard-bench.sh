@@ -21,8 +21,7 @@ requires test -x "$TESTS_BIN/bitmap-discard-writer"
 SECS="${SECS:-5}"
 REPS="${REPS:-3}"
 
-d="$(mktemp -d /tmp/bd-bench.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir bench
 bd=(--filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER")
 cbw=(--filter="$CBW_FILTER")
 

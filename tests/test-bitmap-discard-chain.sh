@@ -11,26 +11,15 @@ source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
-requires_program qemu-img
-requires_program nbdinfo
-requires_program qemu-nbd
-requires nbdinfo --map --json --help
+bd_requires_restore
 requires test -x "$TESTS_BIN/bitmap-discard-writer"
 
-d="$(mktemp -d /tmp/bd-chain.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir chain
 mkdir "$d/w"
 
 # The live disk: a 64M file, half of it random data.
-truncate -s 64M "$d/live.img"
-dd if=/dev/urandom of="$d/live.img" bs=1M count=32 conv=notrunc status=none
-start_live_disk "$d/live.sock" "$d/live.pid" 64M "$d/live.img"
-start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-    --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-    "$FLEECE_PLUGIN" live="nbd+unix:///?socket=$d/live.sock" \
-    cbw-image="$d/fleece.qcow2" \
-    bitmap-dir="$d/bm" bitmap-control="$d/ctl"
-wait_for "$d/ctl"
+bd_live_disk 64M 32
+bd_start_stack cbw-image="$d/fleece.qcow2"
 snap="nbd+unix:///snapshot?socket=$d/sock"
 
 # The writer: 4 connections of random writes, zeroes and trims, slow

@@ -20,8 +20,7 @@ requires_program qemu-img
 requires_program qemu-nbd
 requires_program nbdsh
 
-d="$(mktemp -d /tmp/bd-commit.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir commit
 cleanup_fn stop_store
 
 truncate -s 16M "$d/live.img"

@@ -11,8 +11,7 @@ set -x
 
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-control.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir control
 
 truncate -s 8M "$d/live.img"
 start_live_disk "$d/live.sock" "$d/live.pid" 8M "$d/live.img"

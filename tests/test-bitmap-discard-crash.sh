@@ -8,31 +8,16 @@ source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
-requires_program qemu-img
-requires_program nbdinfo
-requires_program qemu-nbd
-requires nbdinfo --map --json --help
+bd_requires_restore
 requires test -x "$TESTS_BIN/bitmap-discard-writer"
 
-d="$(mktemp -d /tmp/bd-crash.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir crash
 mkdir "$d/w"
 
-truncate -s 32M "$d/live.img"
-dd if=/dev/urandom of="$d/live.img" bs=1M count=16 conv=notrunc status=none
-start_live_disk "$d/live.sock" "$d/live.pid" 32M "$d/live.img"
-live="nbd+unix:///?socket=$d/live.sock"
+bd_live_disk 32M 16
 snap="nbd+unix:///snapshot?socket=$d/sock"
 
-start_stack ()
-{
-    rm -f "$d/ctl"
-    start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-        "$FLEECE_PLUGIN" live="$live" cbw-image="$d/fleece$1.qcow2" \
-        bitmap-dir="$d/bm" bitmap-control="$d/ctl"
-    wait_for "$d/ctl"
-}
+start_stack () { bd_start_stack cbw-image="$d/fleece$1.qcow2"; }
 
 # A full backup with checkpoint c1.
 start_stack 1

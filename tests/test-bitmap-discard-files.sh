@@ -14,25 +14,12 @@ set -x
 requires_program nbdsh
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-files.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir files
 
-truncate -s 32M "$d/live.img"
 truncate -s 16M "$d/small.img"
-start_live_disk "$d/live.sock" "$d/live.pid" 32M "$d/live.img"
-live="nbd+unix:///?socket=$d/live.sock"
-
-start_stack ()
-{
-    rm -f "$d/ctl"
-    start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-        "$FLEECE_PLUGIN" live="$live" \
-        bitmap-dir="$d/bm" bitmap-control="$d/ctl" "$@"
-    wait_for "$d/ctl"
-}
-# (The socket exists before the bitmaps are loaded; the first reply
-# comes after.)
+bd_live_disk 32M
+# (In bd_start_stack, the socket exists before the bitmaps are loaded;
+# the first reply comes after.)
 
 # must_refuse MESSAGE [ARGS]: nbdkit with bitmap-dir=$d/bm must fail
 # at startup, printing MESSAGE, and leave the files as they were.
@@ -70,7 +57,7 @@ must_refuse ()
 }
 
 # Two checkpoints; c2 (active) gets two separate change records.
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoint c1"
 nbdsh -u "nbd+unix:///?socket=$d/sock" -c 'h.pwrite(b"1" * 4096, 0)'
 ctl_ok "$d/ctl" "checkpoint c2"
@@ -131,7 +118,7 @@ must_refuse "junk.bitmap: not a bitmap file"
 restore
 
 # The good files load, and say what changed since c2.
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test "$(ckpts)" = "c1::frozen:65536:196608 c2:c1:active:131072:131072"
 crash_nbdkit "$d/bd.pid"
@@ -141,7 +128,7 @@ rm -f "$d/bd.pid" "$d/sock"
 # everything counts as changed since c2.
 restore
 truncate -s $((4096 + 64 + 64 + 30)) "$d/bm/c2.bitmap"
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test "$(ckpts)" = "c1::frozen:65536:33554432 c2:c1:active:33554432:33554432"
 ctl_ok "$d/ctl" "status"
@@ -168,7 +155,7 @@ f.seek(0); f.write(h)
 ' "$1" "$2"
 }
 restore
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoint c3"
 nbdsh -u "nbd+unix:///?socket=$d/sock" -c 'h.pwrite(b"4" * 4096, 3145728)'
 crash_nbdkit "$d/bd.pid"
@@ -178,7 +165,7 @@ cp -a "$d/bm" "$d/good"
 
 # A crash while creating c3 left c2 active too: c2 is frozen on load.
 set_state "$d/bm/c2.bitmap" 1
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test "$(ckpts)" = "c1::frozen:65536:262144 c2:c1:frozen:131072:196608 \
 c3:c2:active:65536:65536"
@@ -189,7 +176,7 @@ rm -f "$d/bd.pid" "$d/sock"
 # then holds c1's and c2's changes, and c3 follows c1.
 restore
 set_state "$d/bm/c2.bitmap" 3
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test ! -e "$d/bm/c2.bitmap"
 test "$(ckpts)" = "c1::frozen:196608:262144 c3:c1:active:65536:65536"
@@ -201,7 +188,7 @@ ctl_ok "$d/ctl" "delete-checkpoint c1"
 nbdsh -u "nbd+unix:///?socket=$d/sock" -c 'h.pwrite(b"5" * 4096, 20971520)'
 crash_nbdkit "$d/bd.pid"
 rm -f "$d/bd.pid" "$d/sock"
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test "$(ckpts)" = "c3::active:131072:131072"
 crash_nbdkit "$d/bd.pid"
@@ -213,13 +200,13 @@ rm -f "$d/bd.pid" "$d/sock"
 # the delete.  (The state is made by a real delete, then putting back
 # c2.bitmap as it was marked "being deleted".)
 restore
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "delete-checkpoint c2"
 crash_nbdkit "$d/bd.pid"
 rm -f "$d/bd.pid" "$d/sock"
 cp "$d/good/c2.bitmap" "$d/bm/c2.bitmap"
 set_state "$d/bm/c2.bitmap" 3
-start_stack
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoints"
 test ! -e "$d/bm/c2.bitmap"
 test "$(ckpts)" = "c1::frozen:196608:262144 c3:c1:active:65536:65536"

@@ -18,8 +18,7 @@ requires_program qemu-nbd
 requires_nbd_python
 requires test -x "$TESTS_BIN/bitmap-discard-writer"
 
-d="$(mktemp -d /tmp/bd-freeze.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir freeze
 mkdir "$d/w"
 
 truncate -s 16M "$d/live.img"

@@ -15,76 +15,33 @@ set -x
 requires_program nbdsh
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-identity.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir identity
 
-truncate -s 32M "$d/live.img"
-start_live_disk "$d/live.sock" "$d/live.pid" 32M "$d/live.img"
-live="nbd+unix:///?socket=$d/live.sock"
-
-start_stack ()
-{
-    rm -f "$d/ctl" "$d/sock"
-    start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-        "$FLEECE_PLUGIN" live="$live" \
-        bitmap-discard-dir="$d/bm" bitmap-discard-control="$d/ctl" "$@"
-    wait_for "$d/ctl"
-}
-stop_bd ()
-{
-    kill_pid "$(cat "$d/bd.pid")"
-    rm -f "$d/bd.pid" "$d/sock" "$d/ctl"
-}
-
-# refused MESSAGE [ARGS]: a daemonised nbdkit must exit non-zero,
-# printing MESSAGE, with the files as they were.
-refused ()
-{
-    local msg="$1" r=0
-    shift
-    md5sum "$d"/bm/* > "$d/sums"
-    rm -f "$d/pid2" "$d/sock2"
-    timeout -k 5 "$startup_timeout" nbdkit -P "$d/pid2" -U "$d/sock2" \
-        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-        "$FLEECE_PLUGIN" live="$live" bitmap-discard-dir="$d/bm" "$@" \
-        2> "$d/err" || r=$?
-    cat "$d/err"
-    if [ -s "$d/pid2" ]; then
-        kill_pid "$(cat "$d/pid2")"
-        rm -f "$d/pid2"
-    fi
-    if ! failed_at_startup $r; then
-        echo "$0: nbdkit should have refused to start (status $r)" >&2
-        exit 1
-    fi
-    grep -F -- "$msg" "$d/err"
-    md5sum -c "$d/sums"
-}
+bd_live_disk 32M
 
 # Checkpoints of the disk "vm1-sda".
-start_stack bitmap-discard-disk-id=vm1-sda
+bd_start_stack bitmap-discard-disk-id=vm1-sda
 ctl_ok "$d/ctl" "checkpoint c1"
 nbdsh -u "nbd+unix:///?socket=$d/sock" -c 'h.pwrite(b"1" * 4096, 0)'
 ctl_ok "$d/ctl" "checkpoint c2"
-stop_bd
+bd_stop_stack
 
-refused 'belongs to the disk with bitmap-discard-disk-id="vm1-sda", but this disk has bitmap-discard-disk-id="vm2-sda"' \
+bd_refused 'belongs to the disk with bitmap-discard-disk-id="vm1-sda", but this disk has bitmap-discard-disk-id="vm2-sda"' \
     bitmap-discard-disk-id=vm2-sda
-refused 'belongs to the disk with bitmap-discard-disk-id="vm1-sda", but this disk has no id'
+bd_refused 'belongs to the disk with bitmap-discard-disk-id="vm1-sda", but this disk has no id'
 # Ids that cannot be one.
-refused 'bitmap-discard-disk-id: must have 1 to 63 printable' \
+bd_refused 'bitmap-discard-disk-id: must have 1 to 63 printable' \
     bitmap-discard-disk-id=
-refused 'bitmap-discard-disk-id: must have 1 to 63 printable' \
+bd_refused 'bitmap-discard-disk-id: must have 1 to 63 printable' \
     "bitmap-discard-disk-id=a b"
-refused 'bitmap-discard-disk-id: must have 1 to 63 printable' \
+bd_refused 'bitmap-discard-disk-id: must have 1 to 63 printable' \
     bitmap-discard-disk-id="$(printf 'x%.0s' $(seq 64))"
 
 # The right id loads.
-start_stack bitmap-discard-disk-id=vm1-sda
+bd_start_stack bitmap-discard-disk-id=vm1-sda
 ctl_ok "$d/ctl" "checkpoints"
 test "$(ckpts)" = "c1::frozen:65536:65536 c2:c1:active:0:0"
-stop_bd
+bd_stop_stack
 
 # Format 1 files (as earlier versions wrote them): version 1, no id.
 python3 - "$d"/bm/*.bitmap <<'PYEOF'
@@ -99,10 +56,10 @@ for name in sys.argv[1:]:
 PYEOF
 # They are taken over by the disk now named vm3-sda, and rewritten in
 # format 2 with that id.
-start_stack bitmap-discard-disk-id=vm3-sda
+bd_start_stack bitmap-discard-disk-id=vm3-sda
 ctl_ok "$d/ctl" "checkpoints"
 test "$(ckpts)" = "c1::frozen:65536:65536 c2:c1:active:0:0"
-stop_bd
+bd_stop_stack
 python3 - "$d"/bm/*.bitmap <<'PYEOF'
 import struct, sys
 for name in sys.argv[1:]:
@@ -110,5 +67,5 @@ for name in sys.argv[1:]:
     assert struct.unpack("<I", h[8:12])[0] == 2, name
     assert h[216:280].rstrip(b"\0") == b"vm3-sda", name
 PYEOF
-refused 'bitmap-discard-disk-id="vm3-sda", but this disk has bitmap-discard-disk-id="vm1-sda"' \
+bd_refused 'bitmap-discard-disk-id="vm3-sda", but this disk has bitmap-discard-disk-id="vm1-sda"' \
     bitmap-discard-disk-id=vm1-sda

@@ -10,8 +10,7 @@ source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
-d="$(mktemp -d /tmp/bd-idle.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir idle
 
 start_live_disk "$d/live.sock" "$d/live.pid" 1M
 start_nbdkit -P "$d/bd.pid" -U "$d/sock" \

@@ -13,26 +13,16 @@ source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 set -e
 set -x
 
-requires_program nbdinfo
-requires_program qemu-img
-requires_program qemu-nbd
-requires nbdinfo --map --json --help
+bd_requires_restore
 requires_nbd_python
 
-d="$(mktemp -d /tmp/bd-map.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir map
 
 # A 32M disk: 2M of random data, the rest sparse.  4K granules, so
 # that a few thousand small writes make thousands of extents.
-truncate -s 32M "$d/live.img"
-dd if=/dev/urandom of="$d/live.img" bs=1M count=2 conv=notrunc status=none
-start_live_disk "$d/live.sock" "$d/live.pid" 32M "$d/live.img"
-start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-    --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-    "$FLEECE_PLUGIN" live="nbd+unix:///?socket=$d/live.sock" \
-    cbw-image="$d/fleece.qcow2" cbw-cluster-size=4K \
-    bitmap-granularity=4K bitmap-dir="$d/bm" bitmap-control="$d/ctl"
-wait_for "$d/ctl"
+bd_live_disk 32M 2
+bd_start_stack cbw-image="$d/fleece.qcow2" cbw-cluster-size=4K \
+    bitmap-discard-granularity=4K
 
 # No snapshot: no map.
 ctl_err "$d/ctl" "map"

@@ -29,8 +29,7 @@ requires_program qemu-nbd
 requires_nbd_python
 requires nbdkit --filter=delay null delay-open=1 --version
 
-d="$(mktemp -d /tmp/bd-release.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir release
 
 start_live_disk "$d/live.sock" "$d/live.pid" 4M
 live="nbd+unix:///?socket=$d/live.sock"

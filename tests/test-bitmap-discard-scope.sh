@@ -15,8 +15,7 @@ requires_program nbdsh
 requires_program nbdinfo
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-scope.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir scope
 
 # 4M + 12K: the last 64K granule is short.
 size=$((4 * 1024 * 1024 + 12288))

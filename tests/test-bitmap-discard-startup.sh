@@ -15,79 +15,46 @@ set -x
 requires_program nbdsh
 requires_program qemu-nbd
 
-d="$(mktemp -d /tmp/bd-startup.XXXXXX)"
-cleanup_fn stop_stack "$d"
+bd_dir startup
 
-truncate -s 32M "$d/live.img"
-start_live_disk "$d/live.sock" "$d/live.pid" 32M "$d/live.img"
-live="nbd+unix:///?socket=$d/live.sock"
-
-# daemon_refuses MESSAGE [ARGS]: nbdkit, daemonised, with
-# bitmap-dir=$d/bm must exit non-zero printing MESSAGE.
-daemon_refuses ()
-{
-    local msg="$1" r=0
-    shift
-    rm -f "$d/sock2" "$d/pid2" "$d/ctl2"
-    # Without the fix the parent exits 0 and a daemon stays behind:
-    # catch it by its pid file.
-    timeout -k 5 "$startup_timeout" nbdkit -P "$d/pid2" -U "$d/sock2" \
-        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-        "$FLEECE_PLUGIN" live="$live" bitmap-dir="$d/bm" \
-        bitmap-control="$d/ctl2" "$@" 2> "$d/err" || r=$?
-    cat "$d/err"
-    if [ -s "$d/pid2" ]; then
-        kill_pid "$(cat "$d/pid2")"
-        rm -f "$d/pid2"
-    fi
-    if ! failed_at_startup $r; then
-        echo "$0: daemonised nbdkit should have failed (status $r)" >&2
-        exit 1
-    fi
-    grep -F -- "$msg" "$d/err"
-    test ! -e "$d/pid2"
-    test ! -e "$d/sock2"
-}
+bd_live_disk 32M
 
 # Good files to start from: two checkpoints.
-start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-    --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-    "$FLEECE_PLUGIN" live="$live" bitmap-dir="$d/bm" bitmap-control="$d/ctl"
-wait_for "$d/ctl"
+bd_start_stack
 ctl_ok "$d/ctl" "checkpoint c1"
 nbdsh -u "nbd+unix:///?socket=$d/sock" -c 'h.pwrite(b"1" * 4096, 0)'
 ctl_ok "$d/ctl" "checkpoint c2"
-kill_pid "$(cat "$d/bd.pid")"
-rm -f "$d/bd.pid" "$d/sock" "$d/ctl"
+bd_stop_stack
 cp -a "$d/bm" "$d/good"
 
 # A FIFO named like a bitmap file.
 mkfifo "$d/bm/x.bitmap"
-daemon_refuses "x.bitmap: not a regular file"
+bd_refused "x.bitmap: not a regular file"
 rm "$d/bm/x.bitmap"
 # A directory.
 mkdir "$d/bm/y.bitmap"
-daemon_refuses "y.bitmap: not a regular file"
+bd_refused "y.bitmap: not a regular file"
 rmdir "$d/bm/y.bitmap"
 # A symlink, even to a good file.
 mv "$d/bm/c1.bitmap" "$d/c1.bitmap"
 ln -s "$d/c1.bitmap" "$d/bm/c1.bitmap"
-daemon_refuses "c1.bitmap: is a symbolic link"
+bd_refused "c1.bitmap: is a symbolic link"
 rm "$d/bm/c1.bitmap"
 mv "$d/c1.bitmap" "$d/bm/c1.bitmap"
 # A corrupted file.
 printf 'X' | dd of="$d/bm/c2.bitmap" bs=1 seek=60 conv=notrunc
-daemon_refuses "c2.bitmap: header checksum mismatch"
+bd_refused "c2.bitmap: header checksum mismatch"
 rm -rf "$d/bm"
 cp -a "$d/good" "$d/bm"
 # A file cut short.
 truncate -s 4100 "$d/bm/c1.bitmap"
-daemon_refuses "c1.bitmap: inconsistent header"
+bd_refused "c1.bitmap: inconsistent header"
 rm -rf "$d/bm"
 cp -a "$d/good" "$d/bm"
 
 # A stale temporary file (here a FIFO) is removed, not opened, and the
-# good files load in a daemonised nbdkit.
+# good files load in a daemonised nbdkit.  This start spells the keys
+# the old way (bitmap-dir, bitmap-control), still accepted as aliases.
 mkfifo "$d/bm/c2.bitmap.tmp"
 start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
     --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \

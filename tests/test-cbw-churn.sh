@@ -29,8 +29,6 @@ cbw_requires
 
 # Writes take 5 ms below, so that the PIT is often taken while
 # some are in flight.
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" \
              --filter=delay memory 8M delay-write=5ms
 start_cbw

@@ -21,8 +21,6 @@ set -x
 
 cbw_requires
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
 start_nbdkit -P "$tmp/live.pid" -U "$live_sock" -v --log=stderr \
              --filter=delay memory 4M delay-write=2 2>"$tmp/live.log"
 start_cbw

@@ -50,16 +50,12 @@ run ()
 
     export writer_uri snap_uri status_uri
     timeout 120 python3 - <<'PY'
-import os, random
-import nbd
-from fleecetest import conn, status
+import os
+from fleecetest import conn, expect_error, fill_random, read_all, status
 
 C = 65536
 w = conn(os.environ["writer_uri"])
-size = w.get_size()
-rng = random.Random(3)
-w.pwrite(bytes(rng.getrandbits(8) for _ in range(size)), 0)
-pit = w.pread(size, 0)
+pit = fill_random(w, 3)
 sn = conn(os.environ["snap_uri"])
 for c in range(4):
     w.pwrite(b"\x44" * 100, c * C + 7)
@@ -79,21 +75,17 @@ assert s["broken"], s
 assert s["broken_reason"] == "the fleece store reached cbw-store-limit", s
 assert s["store_peak_bytes"] == 4 * C, s
 for off in (0, 30 * C):
-    try:
-        sn.pread(C, off)
-        raise AssertionError("read of a broken snapshot succeeded")
-    except nbd.Error as ex:
-        assert ex.errno == "EIO", ex
+    expect_error("read of a broken snapshot", "EIO", sn.pread, C, off)
 sn.shutdown()
 
 # The next snapshot: an empty store, exact.
-pit = w.pread(size, 0)
+pit = read_all(w)
 sn = conn(os.environ["snap_uri"])
 s = status()
 assert not s["broken"] and s["store_use_bytes"] == 0, s
 for c in (0, 40, 63):          # 75 %: not logged
     w.pwrite(bytes([c]) * C, c * C)
-assert b"".join(sn.pread(C, o) for o in range(0, size, C)) == pit
+assert read_all(sn) == pit
 s = status()
 assert not s["broken"] and s["store_use_bytes"] == 3 * C, s
 sn.shutdown(); w.shutdown()

@@ -23,8 +23,6 @@ set -x
 
 fleece_requires
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
 export tmp
 
 run ()

@@ -28,9 +28,6 @@ requires test -x "$TESTS_BIN/pit-torture"
 requires nbdkit --filter="$CBW_FILTER" "$FLEECE_PLUGIN" --version
 requires nbdkit --filter=log --filter=multi-conn memory 1M --version
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
 # start_live [FILTER PARAM...]: the file, logged -> $live_pid
 start_live ()
 {

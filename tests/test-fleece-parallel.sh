@@ -22,8 +22,6 @@ set -x
 fleece_requires
 requires nbdkit eval --version
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
 export dir="$tmp"
 
 # wait_file FILE: the eval plugin's wait, bounded at 60 s.

@@ -18,9 +18,6 @@ set -x
 
 fleece_requires
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
 # run NBDKIT-ARGS...: a live disk, fleece in front, the checks.
 run ()
 {

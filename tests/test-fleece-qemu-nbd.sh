@@ -19,9 +19,6 @@ requires_program qemu-nbd
 requires_program qemu-img
 requires_program nbdcopy
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
 # start_qemu_nbd FORMAT IMAGE
 start_qemu_nbd ()
 {

@@ -19,9 +19,6 @@ set -x
 
 fleece_requires
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
 # start_live FILE: serve FILE on $live_sock -> $live_pid.
 start_live ()
 {

@@ -26,8 +26,6 @@ requires_program nbdcopy
 requires_program qemu-nbd
 requires nbdkit --filter="$CBW_FILTER" "$FLEECE_PLUGIN" --version
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
 export live_uri tmp
 
 # start_live KIND: serve $tmp/live.img on $live_sock -> $live_pid.

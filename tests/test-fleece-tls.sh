@@ -21,9 +21,6 @@ fleece_requires
 requires_program psktool
 requires_program certtool
 
-live_sock="$tmp/live.sock"
-live_uri="nbd+unix:///?socket=$live_sock"
-
 # start_live ARGS...: nbdkit --tls=require ARGS... memory -> $live_pid
 start_live ()
 {

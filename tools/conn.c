@@ -28,19 +28,11 @@
 
 #include <json-c/json.h>
 
+#include "timespec.h"
+
 #include "ctl.h"
 
 #define MAX_REPLY (64 * 1024 * 1024) /* a sanity bound, not a limit */
-
-/* Seconds on the monotonic clock. */
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Wait until fd is ready for events, or the deadline passes.  Returns
  * 1 when ready, 0 at the deadline, -1 on error or interruption (errno
@@ -51,7 +43,7 @@ wait_fd (int fd, short events, double deadline)
 {
   for (;;) {
     struct pollfd pfd = { .fd = fd, .events = events };
-    double left = deadline - now ();
+    double left = deadline - ts_now_seconds ();
     int r;
 
     if (ctl_interrupted) {
@@ -268,7 +260,7 @@ int
 ctl_request (const char *path, const char *command,
              struct ctl_reply *reply, char *err, size_t errlen)
 {
-  double deadline = now () + ctl_opts.timeout;
+  double deadline = ts_now_seconds () + ctl_opts.timeout;
   size_t len = strlen (command);
   char *line;
   int fd;

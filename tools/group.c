@@ -55,6 +55,8 @@
 
 #include <json-c/json.h>
 
+#include "timespec.h"
+
 #include "ctl.h"
 
 #define MAX_FREEZE 3600
@@ -80,16 +82,6 @@ struct group {
   double held;                  /* seconds from first freeze to thaw */
   bool expired;                 /* a freeze expired after its snapshot */
 };
-
-/* Seconds on the monotonic clock. */
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Run a hook through /bin/sh; returns 0 if it exited with status 0,
  * else prints why and returns -1.
@@ -330,14 +322,14 @@ run_group (struct group *g)
 
   if (g->freeze_cmd == NULL ||
       run_hook ("--freeze-cmd", g->freeze_cmd) == 0) {
-    t0 = now ();
+    t0 = ts_now_seconds ();
     ok = freeze_all (g) == 0 && snapshot_all (g) == 0;
     /* Interrupted (Ctrl-C): clean up first, then say so. */
     sig = ctl_interrupted;
     ctl_interrupted = 0;
     if (thaw_all (g) == -1)
       ok = false;
-    g->held = now () - t0;
+    g->held = ts_now_seconds () - t0;
     if (sig) {
       ctl_error ("interrupted by signal %d", sig);
       ok = false;

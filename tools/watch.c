@@ -26,6 +26,8 @@
 
 #include <json-c/json.h>
 
+#include "timespec.h"
+
 #include "ctl.h"
 
 #define SAMPLES 10              /* the rate is over this many polls */
@@ -37,16 +39,6 @@ struct history {
   int64_t released[SAMPLES];
   unsigned n;                   /* samples taken so far */
 };
-
-/* Seconds on the monotonic clock. */
-static double
-now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Sleep secs seconds, or less if interrupted. */
 static void
@@ -188,7 +180,7 @@ watch_loop (const char *path, double interval, bool tty)
       printf ("%s\n", r.line);
     else
       show_progress (r.obj,
-                     add_sample (&h, now (),
+                     add_sample (&h, ts_now_seconds (),
                                  member_int (r.obj, "released_bytes", 0)),
                      tty);
     fflush (stdout);

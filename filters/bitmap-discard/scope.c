@@ -360,31 +360,11 @@ scope_extents (nbdkit_next *next, uint32_t count, uint64_t offset,
       pos = run_end;
     }
     else {
-      struct nbdkit_extents *below;
-      size_t i, n;
-      uint64_t got = pos;
+      uint64_t got;
 
-      below = nbdkit_extents_new (pos, run_end);
-      if (below == NULL) {
-        *err = errno;
+      if (context_extents_below (next, run_end - pos, pos, flags,
+                                 extents, &got, err) == -1)
         return -1;
-      }
-      if (next->extents (next, run_end - pos, pos,
-                         flags & ~NBDKIT_FLAG_REQ_ONE, below, err) == -1) {
-        nbdkit_extents_free (below);
-        return -1;
-      }
-      n = nbdkit_extents_count (below);
-      for (i = 0; i < n; ++i) {
-        struct nbdkit_extent e = nbdkit_get_extent (below, i);
-        if (nbdkit_add_extent (extents, e.offset, e.length, e.type) == -1) {
-          *err = errno;
-          nbdkit_extents_free (below);
-          return -1;
-        }
-        got = e.offset + e.length;
-      }
-      nbdkit_extents_free (below);
       /* Below may answer for less than asked: stop where it stopped. */
       if (got < run_end)
         return 0;
@@ -454,6 +434,48 @@ close_holder (void)
   holder = NULL;
 }
 
+/* The next run of out-of-scope granules at or after *G, of at most
+ * MAX_TRIM bytes: sets *FIRST to its start and *G to its end.  Looks
+ * at no more than MAX_TRIM bytes' worth of in-scope granules at a
+ * time, so that the lock is held briefly; *FIRST == *G when it found
+ * none in that stretch (call again while *G < nr_granules).
+ */
+static void
+next_out_of_scope (uint64_t *g, uint64_t *first)
+{
+  const uint64_t stretch = MAX (MAX_TRIM / bd_granularity, 1u);
+  const uint64_t stop = MIN (nr_granules, *g + stretch);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  while (*g < stop && bitmap_get (&scope, *g))
+    (*g)++;
+  *first = *g;
+  while (*g < nr_granules && !bitmap_get (&scope, *g) &&
+         (*g - *first) * bd_granularity < MAX_TRIM)
+    (*g)++;
+}
+
+/* Step 5: TRIM every out-of-scope granule through the holder. */
+static int
+release_out_of_scope (char *err, size_t errlen)
+{
+  uint64_t g = 0, first;
+  int e;
+
+  while (g < nr_granules) {
+    next_out_of_scope (&g, &first);
+    if (first == g)
+      continue;
+    if (holder->trim (holder, granule_bytes (first, g),
+                      first * bd_granularity, 0, &e) == -1) {
+      snprintf (err, errlen, "releasing out-of-scope data below failed: "
+                "%s", strerror (e));
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* Steps 4 and 5: take the PIT below and release what is out of scope
  * (writes are held).
  */
@@ -461,8 +483,6 @@ static int
 open_holder (char *err, size_t errlen)
 {
   struct context_caps caps;
-  uint64_t g, first;
-  int e;
 
   holder = context_open_below (backend, 0, SNAPSHOT_EXPORT,
                                "bitmap-discard", &caps);
@@ -478,30 +498,9 @@ open_holder (char *err, size_t errlen)
     close_holder ();
     return -1;
   }
-  for (g = 0; g < nr_granules; ) {
-    bool in;
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      in = bitmap_get (&scope, g);
-    }
-    if (in) {
-      g++;
-      continue;
-    }
-    first = g;
-    {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      while (g < nr_granules && !bitmap_get (&scope, g) &&
-             (g - first) * bd_granularity < MAX_TRIM)
-        g++;
-    }
-    if (holder->trim (holder, granule_bytes (first, g),
-                      first * bd_granularity, 0, &e) == -1) {
-      snprintf (err, errlen, "releasing out-of-scope data below failed: "
-                "%s", strerror (e));
-      close_holder ();
-      return -1;
-    }
+  if (release_out_of_scope (err, errlen) == -1) {
+    close_holder ();
+    return -1;
   }
   return 0;
 }
@@ -590,11 +589,76 @@ snapshot_publish (const char *since, const char *checkpoint,
                 PRIu64 " bytes", gen, bytes);
 }
 
+/* Step 3: the scope is everything, or what changed since checkpoint
+ * SINCE, computed into NEWSCOPE (all zeroes); it replaces the old
+ * scope and NEWSCOPE is left empty.  Sets *BYTES to its size.
+ */
+static int
+install_scope (const char *since, struct bitmap *newscope, uint64_t *bytes,
+               char *err, size_t errlen)
+{
+  if (!since)
+    bitmap_fill (newscope, 1);
+  else if (dirty_union_since (since, newscope, err, errlen) == -1)
+    return -1;
+  *bytes = map_bytes (newscope);
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    bitmap_free (&scope);
+    scope = *newscope;
+    newscope->bits = NULL;
+    scope_valid = true;
+  }
+  return 0;
+}
+
+/* Steps 4 and 5, and a check that cbw took a new snapshot: its
+ * generation must have moved on from BEFORE's.
+ */
+static int
+take_pit (const struct cbw_status *before, char *err, size_t errlen)
+{
+  struct cbw_status after;
+
+  if (open_holder (err, errlen) == -1)
+    return -1;
+  if (read_cbw_status (&after) == -1 ||
+      strcmp (after.state, "active") != 0 ||
+      after.generation <= before->generation) {
+    snprintf (err, errlen, "the cbw filter below did not take a new "
+              "snapshot");
+    close_holder ();
+    return -1;
+  }
+  return 0;
+}
+
+/* Undo a snapshot step that failed after step 1: the scope is no
+ * longer valid, the checkpoint it created (if MADE_CHECKPOINT) is
+ * dropped, which merges it back, and the writes go on.
+ */
+static void
+snapshot_undo (const char *checkpoint, bool made_checkpoint)
+{
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+    scope_valid = false;
+  }
+  if (made_checkpoint) {
+    char e2[256];
+    if (dirty_checkpoint_settle (false, checkpoint, e2, sizeof e2) == -1)
+      nbdkit_debug ("bitmap-discard: undoing checkpoint %s: %s",
+                    checkpoint, e2);
+  }
+  gate_release ();
+}
+
+/* The snapshot step, 1 to 6 as in the essay at the top. */
 int
 scope_snapshot (const char *since, const char *checkpoint,
                 uint64_t freeze, FILE *fp, char *err, size_t errlen)
 {
-  struct cbw_status before, after;
+  struct cbw_status before;
   struct bitmap newscope;
   uint64_t bytes;
   bool made_checkpoint = false;
@@ -605,8 +669,6 @@ scope_snapshot (const char *since, const char *checkpoint,
     snprintf (err, errlen, "out of memory");
     return -1;
   }
-  if (!since)
-    bitmap_fill (&newscope, 1);
 
   /* 1. Hold and drain the writes (while frozen: they are). */
   if (freeze == 0)
@@ -623,29 +685,10 @@ scope_snapshot (const char *since, const char *checkpoint,
     made_checkpoint = true;
   }
 
-  /* 3. The scope. */
-  if (since && dirty_union_since (since, &newscope, err, errlen) == -1)
+  /* 3, 4 and 5. */
+  if (install_scope (since, &newscope, &bytes, err, errlen) == -1 ||
+      take_pit (&before, err, errlen) == -1)
     goto fail;
-  bytes = map_bytes (&newscope);
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    bitmap_free (&scope);
-    scope = newscope;
-    newscope.bits = NULL;
-    scope_valid = true;
-  }
-
-  /* 4 and 5. */
-  if (open_holder (err, errlen) == -1)
-    goto fail;
-  if (read_cbw_status (&after) == -1 ||
-      strcmp (after.state, "active") != 0 ||
-      after.generation <= before.generation) {
-    snprintf (err, errlen, "the cbw filter below did not take a new "
-              "snapshot");
-    close_holder ();
-    goto fail;
-  }
   snapshot_publish (since, checkpoint, freeze, bytes, fp);
 
   /* 6. */
@@ -653,17 +696,7 @@ scope_snapshot (const char *since, const char *checkpoint,
   return 0;
 
  fail:
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-    scope_valid = false;
-  }
-  if (made_checkpoint) {
-    char e2[256];
-    if (dirty_checkpoint_settle (false, checkpoint, e2, sizeof e2) == -1)
-      nbdkit_debug ("bitmap-discard: undoing checkpoint %s: %s",
-                    checkpoint, e2);
-  }
-  gate_release ();
+  snapshot_undo (checkpoint, made_checkpoint);
   bitmap_free (&newscope);
   return -1;
 }

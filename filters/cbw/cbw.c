@@ -216,18 +216,7 @@ cbw_close (void *handle)
 static int
 cbw_prepare (nbdkit_next *next, void *handle, int readonly)
 {
-  if (next->get_size (next) == -1 ||
-      next->can_write (next) == -1 ||
-      next->can_flush (next) == -1 ||
-      next->can_trim (next) == -1 ||
-      next->can_zero (next) == -1 ||
-      next->can_fast_zero (next) == -1 ||
-      next->can_fua (next) == -1 ||
-      next->can_extents (next) == -1 ||
-      next->can_cache (next) == -1 ||
-      next->can_multi_conn (next) == -1)
-    return -1;
-  return 0;
+  return context_ask_all (next);
 }
 
 static int64_t

@@ -18,7 +18,7 @@
  * qemu-nbd locks the image, so there is exactly one connection,
  * shared by all threads.
  *
- * The RAM tier: with cbw-ram=SIZE, the ramcache engine (from
+ * The RAM tier: with cbw-ram=SIZE, the ramtier engine (from
  * filters/ramcache, the same code as the ramcache filter) sits
  * between cbw and the connection.  A copy-before-write then costs a
  * memory copy, snapshot reads of fresh copies come from RAM, and
@@ -71,7 +71,7 @@
 #include "json.h"
 #include "nbdconn.h"
 #include "params.h"
-#include "ramcache-engine.h"
+#include "ramtier.h"
 #include "rounding.h"
 #include "snap.h"
 #include "store.h"
@@ -97,7 +97,7 @@ static uint32_t cluster_size;
  * status readers, which run at any time, see them whole.
  */
 static struct nbdconn *conn;
-static struct ramcache *ram;
+static struct ramtier *ram;
 
 /* The largest TRIM we send: NBD requests are at most 4 GiB - 1, and
  * 1 GiB keeps alignment.
@@ -364,13 +364,13 @@ check_store (struct nbdconn *c)
  * *CONNP and *RAMP are set; on failure nothing is left behind.
  */
 static int
-make_store (struct nbdconn **connp, struct ramcache **ramp)
+make_store (struct nbdconn **connp, struct ramtier **ramp)
 {
-  struct ramcache_below below = {
+  struct ramtier_below below = {
     .pread = below_pread, .pwrite = below_pwrite, .trim = below_trim,
   };
   struct nbdconn *c;
-  struct ramcache *r = NULL;
+  struct ramtier *r = NULL;
 
   c = nbdconn_new ("cbw: fleece store");
   if (c == NULL)
@@ -386,8 +386,8 @@ make_store (struct nbdconn **connp, struct ramcache **ramp)
     goto err;
 
   if (ram_limit > 0) {
-    r = ramcache_new (ram_limit, cluster_size, disk_size, &below);
-    if (r == NULL || ramcache_start (r) == -1)
+    r = ramtier_new (ram_limit, cluster_size, disk_size, &below);
+    if (r == NULL || ramtier_start (r) == -1)
       goto err;
     nbdkit_debug ("cbw: RAM tier of %" PRIu64 " bytes in front of the "
                   "fleece store", ram_limit);
@@ -397,7 +397,7 @@ make_store (struct nbdconn **connp, struct ramcache **ramp)
   return 0;
 
  err:
-  ramcache_free (r);
+  ramtier_free (r);
   nbdconn_close (c);
   if (!store_uri) {
     qemu_store_disconnected ();
@@ -413,7 +413,7 @@ static void
 free_store (void)
 {
   struct nbdconn *c;
-  struct ramcache *r;
+  struct ramtier *r;
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -421,8 +421,8 @@ free_store (void)
     ram = NULL;
   }
   if (r) {
-    ramcache_debug_stats (r, "cbw: RAM tier");
-    ramcache_free (r);
+    ramtier_debug_stats (r, "cbw: RAM tier");
+    ramtier_free (r);
   }
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -439,7 +439,7 @@ int
 store_open (uint64_t size, uint32_t clsize)
 {
   struct nbdconn *c;
-  struct ramcache *r;
+  struct ramtier *r;
 
   disk_size = size;
   cluster_size = clsize;
@@ -462,7 +462,7 @@ static int
 renew (void)
 {
   struct nbdconn *c;
-  struct ramcache *r;
+  struct ramtier *r;
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -531,7 +531,7 @@ int
 store_read (void *buf, uint32_t count, uint64_t offset, int *err)
 {
   if (ram)
-    return ramcache_pread (ram, buf, count, offset, err);
+    return ramtier_pread (ram, buf, count, offset, err);
   return below_pread (conn, buf, count, offset, err);
 }
 
@@ -605,8 +605,8 @@ store_write_start (void *buf, uint32_t count, uint64_t offset,
      * bounds that wait.
      */
     w->r = deadline ?
-      ramcache_pwrite_deadline (ram, buf, count, offset, deadline, &w->err) :
-      ramcache_pwrite (ram, buf, count, offset, &w->err);
+      ramtier_pwrite_deadline (ram, buf, count, offset, deadline, &w->err) :
+      ramtier_pwrite (ram, buf, count, offset, &w->err);
     free (buf);
   }
   else if (link_down (&w->err)) {
@@ -662,7 +662,7 @@ trim_range (uint64_t count, uint64_t offset, int *err)
     uint32_t n = MIN (count, TRIM_PIECE);
 
     if (ram) {
-      if (ramcache_trim (ram, n, offset, err) == -1)
+      if (ramtier_trim (ram, n, offset, err) == -1)
         return -1;
     }
     else if (below_trim (conn, n, offset, err) == -1)
@@ -753,7 +753,7 @@ link_name (enum link_state st)
 void
 store_status_json (char *buf, size_t len)
 {
-  struct ramcache_stats st = { 0 };
+  struct ramtier_stats st = { 0 };
   struct json_writer w;
   FILE *fp = json_buffer_open (buf, len);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
@@ -762,7 +762,7 @@ store_status_json (char *buf, size_t len)
     return;
   /* No tier while a lost store is not replaced: it holds nothing. */
   if (ram)
-    ramcache_get_stats (ram, &st);
+    ramtier_get_stats (ram, &st);
   json_init (&w, fp, false);
   json_member_string (&w, "store_kind", store_uri ? "nbd" : "qcow2");
   json_member_string (&w, "store_link", link_name (link_state));

@@ -2,12 +2,12 @@
  * in front of the layer below.
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * The engine (engine.c, see the essay at its top) holds one cache for
- * the one disk below, shared by every connection.  It reaches the
+ * The RAM tier (ramtier.c, see the essay at its top) holds one cache
+ * for the one disk below, shared by every connection.  It reaches the
  * disk through a shared context that this filter opens in
  * .after_fork ("below"), not through the per-connection next
  * pointers, because its background writers run outside any request.
- * Client data requests go to the engine; per-connection contexts are
+ * Client data requests go to the tier; per-connection contexts are
  * used only for sizes, capabilities and extents.
  */
 
@@ -30,7 +30,7 @@
 #include "params.h"
 #include "rounding.h"
 
-#include "ramcache-engine.h"
+#include "ramtier.h"
 
 /* -D ramcache.verbose=1: log every write-back and stall. */
 NBDKIT_DLL_PUBLIC int ramcache_debug_verbose = 0;
@@ -46,7 +46,7 @@ static nbdkit_next *below_next = NULL;
 
 /* Whether below_next may be called by several threads at once: only
  * if the server runs the PARALLEL thread model; otherwise calls from
- * the engine are serialized by below_lock.
+ * the tier are serialized by below_lock.
  */
 static bool below_parallel = true;
 static pthread_mutex_t below_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -57,8 +57,8 @@ static pthread_mutex_t below_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool below_can_flush = false;
 static bool below_can_trim = false;
 
-/* The engine. */
-static struct ramcache *rc = NULL;
+/* The RAM tier. */
+static struct ramtier *tier = NULL;
 
 /* Open connections.  The last one to finish writes everything down,
  * so that data does not stay in RAM while nobody is connected.
@@ -67,7 +67,7 @@ static struct ramcache *rc = NULL;
 static unsigned conns = 0;
 static pthread_mutex_t conns_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* ---- The engine's view of the layer below. ---- */
+/* ---- The tier's view of the layer below. ---- */
 
 /* Before every call below: serialize it unless the server runs the
  * PARALLEL thread model.
@@ -143,12 +143,12 @@ below_flush (void *opaque, int *err)
  * the context below is still usable (.unload would be too late).
  */
 static void
-ramcache_filter_cleanup (nbdkit_backend *backend)
+ramcache_cleanup (nbdkit_backend *backend)
 {
-  if (rc) {
-    ramcache_debug_stats (rc, "ramcache cleanup");
-    ramcache_free (rc);
-    rc = NULL;
+  if (tier) {
+    ramtier_debug_stats (tier, "ramcache cleanup");
+    ramtier_free (tier);
+    tier = NULL;
   }
   if (below_next) {
     context_close_below (below_next);
@@ -157,8 +157,8 @@ ramcache_filter_cleanup (nbdkit_backend *backend)
 }
 
 static int
-ramcache_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
-                        const char *key, const char *value)
+ramcache_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                 const char *key, const char *value)
 {
   if (strcmp (key, "ramcache-size") == 0) {
     int64_t n;
@@ -191,8 +191,8 @@ ramcache_filter_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
 
 /* ramcache-size depends on ramcache-block-size: check them together. */
 static int
-ramcache_filter_config_complete (nbdkit_next_config_complete *next,
-                                 nbdkit_backend *nxdata)
+ramcache_config_complete (nbdkit_next_config_complete *next,
+                          nbdkit_backend *nxdata)
 {
   if (ramcache_size == 0) {
     nbdkit_error ("ramcache: the ramcache-size=SIZE parameter is required");
@@ -207,14 +207,14 @@ ramcache_filter_config_complete (nbdkit_next_config_complete *next,
   return next (nxdata);
 }
 
-#define ramcache_filter_config_help \
+#define ramcache_config_help \
   "ramcache-size=<SIZE>        (required) RAM for the cache, data and\n" \
   "                            metadata.\n" \
   "ramcache-block-size=<SIZE>  Cache block size (default 64K)."
 
-/* Calls from the engine's threads bypass nbdkit's request locks. */
+/* Calls from the tier's threads bypass nbdkit's request locks. */
 static int
-ramcache_filter_get_ready (int thread_model)
+ramcache_get_ready (int thread_model)
 {
   below_parallel = thread_model == NBDKIT_THREAD_MODEL_PARALLEL;
   if (!below_parallel)
@@ -223,13 +223,13 @@ ramcache_filter_get_ready (int thread_model)
   return 0;
 }
 
-/* Open the shared context below and create the engine.  This is the
+/* Open the shared context below and create the tier.  This is the
  * first moment the layers below can be asked.
  */
 static int
-ramcache_filter_after_fork (nbdkit_backend *backend)
+ramcache_after_fork (nbdkit_backend *backend)
 {
-  struct ramcache_below ops = {
+  struct ramtier_below ops = {
     .pread = below_pread,
     .pwrite = below_pwrite,
     .trim = below_trim,
@@ -243,17 +243,17 @@ ramcache_filter_after_fork (nbdkit_backend *backend)
   below_can_flush = caps.can_flush;
   below_can_trim = caps.can_trim;
 
-  rc = ramcache_new (ramcache_size, ramcache_block_size, caps.size, &ops);
-  if (rc == NULL)
+  tier = ramtier_new (ramcache_size, ramcache_block_size, caps.size, &ops);
+  if (tier == NULL)
     return -1;
-  ramcache_set_verbose (rc, ramcache_debug_verbose);
-  return ramcache_start (rc);
+  ramtier_set_verbose (tier, ramcache_debug_verbose);
+  return ramtier_start (tier);
 }
 
 /* One disk: every export name reads the default export below. */
 static void *
-ramcache_filter_open (nbdkit_next_open *next, nbdkit_context *nxdata,
-                      int readonly, const char *exportname, int is_tls)
+ramcache_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+               int readonly, const char *exportname, int is_tls)
 {
   if (next (nxdata, readonly, "") == -1)
     return NULL;
@@ -262,7 +262,7 @@ ramcache_filter_open (nbdkit_next_open *next, nbdkit_context *nxdata,
 
 /* Ask below for everything the callbacks below rely on. */
 static int
-ramcache_filter_prepare (nbdkit_next *next, void *handle, int readonly)
+ramcache_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   if (next->get_size (next) == -1 ||
       next->can_write (next) == -1 ||
@@ -277,7 +277,7 @@ ramcache_filter_prepare (nbdkit_next *next, void *handle, int readonly)
  * around to flush later.  Errors are logged but cannot be reported.
  */
 static int
-ramcache_filter_finalize (nbdkit_next *next, void *handle)
+ramcache_finalize (nbdkit_next *next, void *handle)
 {
   bool last;
   int err = 0;
@@ -286,50 +286,50 @@ ramcache_filter_finalize (nbdkit_next *next, void *handle)
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&conns_lock);
     last = --conns == 0;
   }
-  if (last && ramcache_flush (rc, &err) == -1)
+  if (last && ramtier_flush (tier, &err) == -1)
     nbdkit_debug ("ramcache: write-back after the last connection "
                   "failed: %s", strerror (err));
   return 0;
 }
 
 static void
-ramcache_filter_close (void *handle)
+ramcache_close (void *handle)
 {
-  if (rc)
-    ramcache_debug_stats (rc, "ramcache close");
+  if (tier)
+    ramtier_debug_stats (tier, "ramcache close");
 }
 
 /* The cache accepts writes, trims and zeroes as long as below can be
  * written.
  */
 static int
-ramcache_filter_can_trim (nbdkit_next *next, void *handle)
+ramcache_can_trim (nbdkit_next *next, void *handle)
 {
   return next->can_write (next);
 }
 
 static int
-ramcache_filter_can_zero (nbdkit_next *next, void *handle)
+ramcache_can_zero (nbdkit_next *next, void *handle)
 {
   return NBDKIT_ZERO_NATIVE;
 }
 
 /* A fast zero would have to fail: better never to offer it. */
 static int
-ramcache_filter_can_fast_zero (nbdkit_next *next, void *handle)
+ramcache_can_fast_zero (nbdkit_next *next, void *handle)
 {
   return 0;
 }
 
 /* FLUSH is ours: it writes the cache down.  FUA is done by flushing. */
 static int
-ramcache_filter_can_flush (nbdkit_next *next, void *handle)
+ramcache_can_flush (nbdkit_next *next, void *handle)
 {
   return 1;
 }
 
 static int
-ramcache_filter_can_fua (nbdkit_next *next, void *handle)
+ramcache_can_fua (nbdkit_next *next, void *handle)
 {
   return NBDKIT_FUA_NATIVE;
 }
@@ -338,25 +338,25 @@ ramcache_filter_can_fua (nbdkit_next *next, void *handle)
  * flush on any writes down everything.
  */
 static int
-ramcache_filter_can_multi_conn (nbdkit_next *next, void *handle)
+ramcache_can_multi_conn (nbdkit_next *next, void *handle)
 {
   return 1;
 }
 
 /* NBD_CMD_CACHE would bypass the cache: not offered. */
 static int
-ramcache_filter_can_cache (nbdkit_next *next, void *handle)
+ramcache_can_cache (nbdkit_next *next, void *handle)
 {
   return NBDKIT_CACHE_NONE;
 }
 
 /* Read data. */
 static int
-ramcache_filter_pread (nbdkit_next *next, void *handle, void *buf,
-                       uint32_t count, uint64_t offset, uint32_t flags,
-                       int *err)
+ramcache_pread (nbdkit_next *next, void *handle, void *buf,
+                uint32_t count, uint64_t offset, uint32_t flags,
+                int *err)
 {
-  return ramcache_pread (rc, buf, count, offset, err);
+  return ramtier_pread (tier, buf, count, offset, err);
 }
 
 /* With FUA the data must be below before we reply: flush all. */
@@ -364,47 +364,47 @@ static int
 fua (uint32_t flags, int *err)
 {
   if (flags & NBDKIT_FLAG_FUA)
-    return ramcache_flush (rc, err);
+    return ramtier_flush (tier, err);
   return 0;
 }
 
 /* Write data. */
 static int
-ramcache_filter_pwrite (nbdkit_next *next, void *handle, const void *buf,
-                        uint32_t count, uint64_t offset, uint32_t flags,
-                        int *err)
+ramcache_pwrite (nbdkit_next *next, void *handle, const void *buf,
+                 uint32_t count, uint64_t offset, uint32_t flags,
+                 int *err)
 {
-  if (ramcache_pwrite (rc, buf, count, offset, err) == -1)
+  if (ramtier_pwrite (tier, buf, count, offset, err) == -1)
     return -1;
   return fua (flags, err);
 }
 
 /* Zero.  NBDKIT_FLAG_MAY_TRIM is ignored: zeroes are always written. */
 static int
-ramcache_filter_zero (nbdkit_next *next, void *handle, uint32_t count,
-                      uint64_t offset, uint32_t flags, int *err)
+ramcache_zero (nbdkit_next *next, void *handle, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
 {
-  if (ramcache_zero (rc, count, offset, err) == -1)
+  if (ramtier_zero (tier, count, offset, err) == -1)
     return -1;
   return fua (flags, err);
 }
 
 /* Trim. */
 static int
-ramcache_filter_trim (nbdkit_next *next, void *handle, uint32_t count,
-                      uint64_t offset, uint32_t flags, int *err)
+ramcache_trim (nbdkit_next *next, void *handle, uint32_t count,
+               uint64_t offset, uint32_t flags, int *err)
 {
-  if (ramcache_trim (rc, count, offset, err) == -1)
+  if (ramtier_trim (tier, count, offset, err) == -1)
     return -1;
   return fua (flags, err);
 }
 
 /* Flush. */
 static int
-ramcache_filter_flush (nbdkit_next *next, void *handle, uint32_t flags,
-                       int *err)
+ramcache_flush (nbdkit_next *next, void *handle, uint32_t flags,
+                int *err)
 {
-  return ramcache_flush (rc, err);
+  return ramtier_flush (tier, err);
 }
 
 /* Extents.  Below does not know about data still in RAM, so any block
@@ -414,89 +414,64 @@ ramcache_filter_flush (nbdkit_next *next, void *handle, uint32_t flags,
  * but is reported as data anyway (always safe).
  */
 static int
-ramcache_filter_extents (nbdkit_next *next, void *handle, uint32_t count,
-                         uint64_t offset, uint32_t flags,
-                         struct nbdkit_extents *extents, int *err)
+ramcache_extents (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags,
+                  struct nbdkit_extents *extents, int *err)
 {
   const uint64_t end = offset + count;
-  struct nbdkit_extents *below = NULL;
   bool cached;
-  uint64_t n;
-  size_t i;
+  uint64_t n, got;
 
   while (offset < end) {
-    n = ramcache_cached_run (rc, offset, end - offset, &cached);
+    n = ramtier_cached_run (tier, offset, end - offset, &cached);
     if (cached) {
-      if (nbdkit_add_extent (extents, offset, n, 0) == -1)
-        goto error;
+      if (nbdkit_add_extent (extents, offset, n, 0) == -1) {
+        *err = errno;
+        return -1;
+      }
     }
     else {
       /* Ask below for this run (it may answer for less). */
-      uint64_t pos = offset;
-
-      below = nbdkit_extents_new (offset, offset + n);
-      if (below == NULL)
-        goto error;
-      if (next->extents (next, n, offset, flags & ~NBDKIT_FLAG_REQ_ONE,
-                         below, err) == -1) {
-        nbdkit_extents_free (below);
+      if (context_extents_below (next, n, offset, flags, extents,
+                                 &got, err) == -1)
         return -1;
-      }
-      for (i = 0; i < nbdkit_extents_count (below); ++i) {
-        struct nbdkit_extent e = nbdkit_get_extent (below, i);
-        uint64_t s = MAX (e.offset, pos);
-        uint64_t t = MIN (e.offset + e.length, offset + n);
-
-        if (t <= s)
-          continue;
-        if (nbdkit_add_extent (extents, s, t - s, e.type) == -1)
-          goto error;
-        pos = t;
-      }
-      nbdkit_extents_free (below);
-      below = NULL;
-      if (pos == offset)        /* below answered nothing: stop */
+      if (got == offset)        /* below answered nothing: stop */
         return 0;
-      n = pos - offset;
+      n = got - offset;
     }
     offset += n;
     if (flags & NBDKIT_FLAG_REQ_ONE)
       break;
   }
   return 0;
-
- error:
-  *err = errno;
-  nbdkit_extents_free (below);
-  return -1;
 }
 
 static struct nbdkit_filter filter = {
   .name               = "ramcache",
   .longname           = "nbdkit RAM write-back cache filter",
-  .config             = ramcache_filter_config,
-  .config_complete    = ramcache_filter_config_complete,
-  .config_help        = ramcache_filter_config_help,
-  .get_ready          = ramcache_filter_get_ready,
-  .after_fork         = ramcache_filter_after_fork,
-  .cleanup            = ramcache_filter_cleanup,
-  .open               = ramcache_filter_open,
-  .prepare            = ramcache_filter_prepare,
-  .finalize           = ramcache_filter_finalize,
-  .close              = ramcache_filter_close,
-  .can_flush          = ramcache_filter_can_flush,
-  .can_trim           = ramcache_filter_can_trim,
-  .can_zero           = ramcache_filter_can_zero,
-  .can_fast_zero      = ramcache_filter_can_fast_zero,
-  .can_fua            = ramcache_filter_can_fua,
-  .can_multi_conn     = ramcache_filter_can_multi_conn,
-  .can_cache          = ramcache_filter_can_cache,
-  .pread              = ramcache_filter_pread,
-  .pwrite             = ramcache_filter_pwrite,
-  .zero               = ramcache_filter_zero,
-  .trim               = ramcache_filter_trim,
-  .flush              = ramcache_filter_flush,
-  .extents            = ramcache_filter_extents,
+  .config             = ramcache_config,
+  .config_complete    = ramcache_config_complete,
+  .config_help        = ramcache_config_help,
+  .get_ready          = ramcache_get_ready,
+  .after_fork         = ramcache_after_fork,
+  .cleanup            = ramcache_cleanup,
+  .open               = ramcache_open,
+  .prepare            = ramcache_prepare,
+  .finalize           = ramcache_finalize,
+  .close              = ramcache_close,
+  .can_flush          = ramcache_can_flush,
+  .can_trim           = ramcache_can_trim,
+  .can_zero           = ramcache_can_zero,
+  .can_fast_zero      = ramcache_can_fast_zero,
+  .can_fua            = ramcache_can_fua,
+  .can_multi_conn     = ramcache_can_multi_conn,
+  .can_cache          = ramcache_can_cache,
+  .pread              = ramcache_pread,
+  .pwrite             = ramcache_pwrite,
+  .zero               = ramcache_zero,
+  .trim               = ramcache_trim,
+  .flush              = ramcache_flush,
+  .extents            = ramcache_extents,
 };
 
 NBDKIT_REGISTER_FILTER (filter)

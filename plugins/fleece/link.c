@@ -796,6 +796,15 @@ send_one (struct nbdconn *c, const struct link_req *r, int *err)
   abort ();
 }
 
+/* A connection of pool P died: the pool is lost (see lost_locked). */
+static void
+pool_lost (struct pool *p)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
+
+  lost_locked (p);
+}
+
 /* Note: an extents request whose connection died after some extents
  * were added cannot be sent again (nbdkit takes extents only in
  * order); nbdkit_add_extent then fails it, which is the EIO it would
@@ -821,10 +830,8 @@ link_request (const struct link_req *r, int *err)
     c = pick (p);
     ret = send_one (c, r, err);
     dead = ret == -1 && nbdconn_is_dead (c);
-    if (dead) {
-      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
-      lost_locked (p);
-    }
+    if (dead)
+      pool_lost (p);
     pool_put (p);
     if (!dead)
       return ret;

@@ -48,6 +48,101 @@ json_get ()
             "$reply" "$1"
 }
 
+# The stack most tests run, in the test's directory $d:
+#
+#   bd_dir NAME              make $d (/tmp/bd-NAME.XXXXXX), removed at
+#                            exit by stop_stack
+#   bd_requires_restore      skip unless the tools that restore and
+#                            map backups are there (qemu-img, qemu-nbd,
+#                            nbdinfo --map --json)
+#   bd_live_disk SIZE [MIB]  the live disk: $d/live.img, SIZE bytes,
+#                            sparse but for MIB MiB of random data at
+#                            its start, served on $d/live.sock
+#                            -> $live (its URI)
+#   bd_start_stack [ARGS]    nbdkit: bitmap-discard over cbw over the
+#                            fleece plugin on $live, serving $d/sock
+#                            (pid in $d/bd.pid), bitmaps in $d/bm,
+#                            control socket $d/ctl, and ARGS; returns
+#                            when the control socket is there
+#   bd_stop_stack            stop it
+#   bd_refused MESSAGE [ARGS]
+#                            the same stack with ARGS, daemonised, must
+#                            refuse to start with MESSAGE (see there)
+
+bd_dir ()
+{
+    d="$(mktemp -d "/tmp/bd-$1.XXXXXX")"
+    cleanup_fn stop_stack "$d"
+}
+
+bd_requires_restore ()
+{
+    requires_program qemu-img
+    requires_program nbdinfo
+    requires_program qemu-nbd
+    requires nbdinfo --map --json --help
+}
+
+bd_live_disk ()
+{
+    truncate -s "$1" "$d/live.img"
+    if [ -n "${2-}" ]; then
+        dd if=/dev/urandom of="$d/live.img" bs=1M count="$2" \
+           conv=notrunc status=none
+    fi
+    start_live_disk "$d/live.sock" "$d/live.pid" "$1" "$d/live.img"
+    live="nbd+unix:///?socket=$d/live.sock"
+}
+
+bd_start_stack ()
+{
+    rm -f "$d/ctl" "$d/sock"
+    start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
+        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
+        "$FLEECE_PLUGIN" live="$live" \
+        bitmap-discard-dir="$d/bm" bitmap-discard-control="$d/ctl" "$@"
+    wait_for "$d/ctl"
+}
+
+bd_stop_stack ()
+{
+    kill_pid "$(cat "$d/bd.pid")"
+    rm -f "$d/bd.pid" "$d/sock" "$d/ctl"
+}
+
+# bd_refused MESSAGE [ARGS]: the stack, daemonised (-P, no -f), with
+# ARGS, must fail at start-up (an error exit, not a crash or a hang)
+# printing MESSAGE, leaving no server, socket or pid file behind, and
+# the regular files in $d/bm as they were.  A daemon left running
+# (the parent exited 0) is caught by its pid file and stopped.
+bd_refused ()
+{
+    local msg="$1" r=0
+    shift
+    : > "$d/sums"
+    if [ -d "$d/bm" ]; then
+        find "$d/bm" -maxdepth 1 -type f -exec md5sum {} + > "$d/sums"
+    fi
+    rm -f "$d/pid2" "$d/sock2" "$d/ctl2"
+    timeout -k 5 "$startup_timeout" nbdkit -P "$d/pid2" -U "$d/sock2" \
+        --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
+        "$FLEECE_PLUGIN" live="$live" bitmap-discard-dir="$d/bm" \
+        bitmap-discard-control="$d/ctl2" "$@" 2> "$d/err" || r=$?
+    cat "$d/err"
+    if [ -s "$d/pid2" ]; then
+        kill_pid "$(cat "$d/pid2")"
+        rm -f "$d/pid2"
+    fi
+    if ! failed_at_startup $r; then
+        echo "$0: nbdkit should have refused to start (status $r)" >&2
+        exit 1
+    fi
+    grep -F -- "$msg" "$d/err"
+    test ! -e "$d/pid2"
+    test ! -e "$d/sock2"
+    [ ! -s "$d/sums" ] || md5sum -c "$d/sums"
+}
+
 # wait_for FILE: wait (up to 60 s) until FILE exists.
 wait_for ()
 {

@@ -4,6 +4,7 @@
 #
 #   cbw_requires            skip unless the stack and its tools work
 #   tmp                     a private directory, removed at exit
+#   live_sock, live_uri     where the live disk is served ($tmp/live.sock)
 #   start_live SIZE [FILE]  the live disk (memory, or file FILE)
 #                           -> $live_sock $live_uri $live_pid
 #   start_parking_live FILE TENTHS
@@ -39,6 +40,10 @@ cbw_requires ()
 
 tmp="$(mktemp -d /tmp/fleece-test.XXXXXX)"
 cleanup_fn rm -rf "$tmp"
+
+# Where the live disk is served (by start_live, or by the test).
+live_sock="$tmp/live.sock"
+live_uri="nbd+unix:///?socket=$live_sock"
 
 start_live ()
 {

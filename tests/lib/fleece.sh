@@ -4,6 +4,7 @@
 #
 #   fleece_requires         skip unless the plugin and its tools work
 #   tmp                     a private directory, removed at exit
+#   live_sock, live_uri     where the live disk is served ($tmp/live.sock)
 #   start_fleece ARGS...    nbdkit ${fleece_opts[@]} fleece ARGS (stderr
 #                           to $tmp/fleece.log; set fleece_opts=(-v ...)
 #                           for options and filters before the plugin)
@@ -22,6 +23,10 @@ fleece_opts=()
 
 tmp="$(mktemp -d /tmp/fleece-test.XXXXXX)"
 cleanup_fn rm -rf "$tmp"
+
+# Where the live disk is served (by start_live, or by the test).
+live_sock="$tmp/live.sock"
+live_uri="nbd+unix:///?socket=$live_sock"
 
 start_fleece ()
 {

@@ -8,6 +8,7 @@
 
 import json
 import os
+import random
 import socket
 import time
 
@@ -54,6 +55,21 @@ def expect_error(what, errname, f, *args):
         assert ex.errno == errname, (what, ex.errno, errname)
         return
     raise AssertionError("%s succeeded, expected %s" % (what, errname))
+
+
+def fill_random(h, seed):
+    """Write random bytes (from SEED) over the whole export of H;
+    return them: the reference a snapshot taken now must match."""
+    rng = random.Random(seed)
+    data = bytes(rng.getrandbits(8) for _ in range(h.get_size()))
+    h.pwrite(data, 0)
+    return data
+
+
+def read_all(h, chunk=65536):
+    """The whole export of H, read CHUNK bytes at a time."""
+    return b"".join(h.pread(min(chunk, h.get_size() - o), o)
+                    for o in range(0, h.get_size(), chunk))
 
 
 def file_has(path, data, offset):

@@ -5,19 +5,16 @@
 source "$abs_top_srcdir/tests/lib/bitmap-discard.sh"
 
 # start_stack DIR SIZE [ARGS...]: a live disk of SIZE in memory
-# (DIR/live.sock) and the bitmap-discard + cbw stack in front of it
-# (DIR/sock), with bitmap-discard-dir=DIR/bm and bitmap-discard-control=DIR/ctl.
-# Register "cleanup_fn stop_stack DIR" before calling it.
+# (DIR/live.sock) and bd_start_stack's stack in front of it, in DIR
+# (DIR/sock, DIR/bm, DIR/ctl).  Register "cleanup_fn stop_stack DIR"
+# before calling it.
 start_stack ()
 {
-    local d="$1" size="$2"
+    local d="$1" size="$2" live
     shift 2
     start_live_disk "$d/live.sock" "$d/live.pid" "$size"
-    start_nbdkit -P "$d/bd.pid" -U "$d/sock" \
-                 --filter="$BITMAP_DISCARD_FILTER" --filter="$CBW_FILTER" \
-                 "$FLEECE_PLUGIN" live="nbd+unix:///?socket=$d/live.sock" \
-                 bitmap-discard-dir="$d/bm" bitmap-discard-control="$d/ctl" "$@"
-    wait_for "$d/ctl"
+    live="nbd+unix:///?socket=$d/live.sock"
+    bd_start_stack "$@"
 }
 
 # start_group NAME: three stacks of 4M in $top/d1..d3 ($top made

@@ -1,14 +1,14 @@
-/* nbdkit-fleece: tests of the ramcache engine itself, over a fake
+/* nbdkit-fleece: tests of the RAM tier (ramtier.c) itself, over a fake
  * store in memory.
  * SPDX-License-Identifier: BSD-3-Clause
  *
- * The engine is linked in directly (libramcache.la); nbdkit_error and
+ * The engine is linked in directly (libramtier.la); nbdkit_error and
  * nbdkit_debug, which nbdkit would provide, are defined here.  The
  * fake store can fail writes on demand, sleep to widen races, and
  * hold a write at a gate, so that states which the filter tests only
  * reach by chance are reached every time:
  *
- *  1. before ramcache_start (callers write back themselves), one
+ *  1. before ramtier_start (callers write back themselves), one
  *     block: reads, writes, zeroes across blocks; flush;
  *  2. trim: dropped before write-back (never below), trimmed below
  *     after; partial blocks kept;
@@ -37,7 +37,7 @@
 
 #include <pthread.h>
 
-#include "ramcache-engine.h"
+#include "ramtier.h"
 
 /* ---- What nbdkit would provide. ---- */
 
@@ -160,7 +160,7 @@ fake_flush (void *opaque, int *err)
   return 0;
 }
 
-static const struct ramcache_below fake = {
+static const struct ramtier_below fake = {
   .pread = fake_pread,
   .pwrite = fake_pwrite,
   .trim = fake_trim,
@@ -187,33 +187,33 @@ reset_store (void)
     }                                                                   \
   } while (0)
 
-/* ---- 1. Before ramcache_start, one block. ---- */
+/* ---- 1. Before ramtier_start, one block. ---- */
 
 static void
 test_inline (void)
 {
   const uint32_t bs = 4096;
-  struct ramcache *rc = ramcache_new (bs, bs, 65536 + 100, &fake);
+  struct ramtier *tier = ramtier_new (bs, bs, 65536 + 100, &fake);
   uint8_t buf[20000], out[20000];
   int err = 0;
   size_t i;
 
-  CHECK (rc != NULL);
+  CHECK (tier != NULL);
   for (i = 0; i < sizeof buf; ++i)
     buf[i] = i * 7 + 1;
-  CHECK (ramcache_pwrite (rc, buf, sizeof buf, 1000, &err) == 0);
-  CHECK (ramcache_pread (rc, out, sizeof out, 1000, &err) == 0);
+  CHECK (ramtier_pwrite (tier, buf, sizeof buf, 1000, &err) == 0);
+  CHECK (ramtier_pread (tier, out, sizeof out, 1000, &err) == 0);
   CHECK (memcmp (buf, out, sizeof buf) == 0);
-  CHECK (ramcache_zero (rc, 5000, 3000, &err) == 0);
+  CHECK (ramtier_zero (tier, 5000, 3000, &err) == 0);
   memset (buf + 2000, 0, 5000);
   /* The short last block. */
-  CHECK (ramcache_pwrite (rc, buf, 150, 65536 - 50, &err) == 0);
-  CHECK (ramcache_pread (rc, out, sizeof out, 1000, &err) == 0);
+  CHECK (ramtier_pwrite (tier, buf, 150, 65536 - 50, &err) == 0);
+  CHECK (ramtier_pread (tier, out, sizeof out, 1000, &err) == 0);
   CHECK (memcmp (buf, out, sizeof buf) == 0);
-  CHECK (ramcache_flush (rc, &err) == 0);
+  CHECK (ramtier_flush (tier, &err) == 0);
   CHECK (memcmp (store + 1000, buf, sizeof buf) == 0);
   CHECK (memcmp (store + 65536 - 50, buf, 150) == 0);
-  ramcache_free (rc);
+  ramtier_free (tier);
   printf ("inline write-back with one block: ok\n");
 }
 
@@ -223,41 +223,41 @@ static void
 test_trim (void)
 {
   const uint32_t bs = 4096;
-  struct ramcache *rc = ramcache_new (1 << 20, bs, 65536, &fake);
-  struct ramcache_stats st;
+  struct ramtier *tier = ramtier_new (1 << 20, bs, 65536, &fake);
+  struct ramtier_stats st;
   uint8_t buf[4 * 4096], out[100];
   int err = 0;
 
   reset_store ();
-  CHECK (rc != NULL && ramcache_start (rc) == 0);
+  CHECK (tier != NULL && ramtier_start (tier) == 0);
   memset (buf, 0xab, sizeof buf);
-  CHECK (ramcache_pwrite (rc, buf, sizeof buf, 0, &err) == 0);
+  CHECK (ramtier_pwrite (tier, buf, sizeof buf, 0, &err) == 0);
   /* Blocks 0 and 1 wholly inside, block 2 partly: 0, 1 dropped. */
-  CHECK (ramcache_trim (rc, 2 * bs + 100, 0, &err) == 0);
-  ramcache_get_stats (rc, &st);
+  CHECK (ramtier_trim (tier, 2 * bs + 100, 0, &err) == 0);
+  ramtier_get_stats (tier, &st);
   CHECK (st.dropped_bytes == 2 * bs);
   CHECK (store_trims == 0);
-  CHECK (ramcache_pread (rc, out, 100, 2 * bs, &err) == 0);
+  CHECK (ramtier_pread (tier, out, 100, 2 * bs, &err) == 0);
   CHECK (out[0] == 0xab && out[99] == 0xab);      /* partial: kept */
-  CHECK (ramcache_flush (rc, &err) == 0);
+  CHECK (ramtier_flush (tier, &err) == 0);
   CHECK (store_written == 2 * bs);                /* blocks 2, 3 only */
   CHECK (store_at (0) == 0 && store_at (2 * bs) == 0xab);
   /* Now below: trimmed below too, not dropped. */
-  CHECK (ramcache_trim (rc, bs, 3 * bs, &err) == 0);
+  CHECK (ramtier_trim (tier, bs, 3 * bs, &err) == 0);
   CHECK (store_trims == 1 && store_at (3 * bs) == 0xdd);
-  ramcache_get_stats (rc, &st);
+  ramtier_get_stats (tier, &st);
   CHECK (st.dropped_bytes == 2 * bs);
   /* Absent blocks are trimmed below, in one request. */
-  CHECK (ramcache_trim (rc, 4 * bs, 8 * bs, &err) == 0);
+  CHECK (ramtier_trim (tier, 4 * bs, 8 * bs, &err) == 0);
   CHECK (store_trims == 2);
-  ramcache_free (rc);
+  ramtier_free (tier);
   printf ("trim: ok\n");
 }
 
 /* ---- 3. Re-dirtied during write-back. ---- */
 
 struct flush_arg {
-  struct ramcache *rc;
+  struct ramtier *tier;
   int r;
 };
 
@@ -267,7 +267,7 @@ flush_thread (void *vp)
   struct flush_arg *a = vp;
   int err = 0;
 
-  a->r = ramcache_flush (a->rc, &err);
+  a->r = ramtier_flush (a->tier, &err);
   return NULL;
 }
 
@@ -275,23 +275,23 @@ static void
 test_redirty (void)
 {
   const uint32_t bs = 4096;
-  struct ramcache *rc = ramcache_new (1 << 20, bs, 65536, &fake);
+  struct ramtier *tier = ramtier_new (1 << 20, bs, 65536, &fake);
   uint8_t a[4096], b[4096], out[4096], c0;
   struct flush_arg fa;
   pthread_t th;
   int err = 0;
 
   reset_store ();
-  CHECK (rc != NULL && ramcache_start (rc) == 0);
+  CHECK (tier != NULL && ramtier_start (tier) == 0);
   memset (a, 'a', bs);
   memset (b, 'b', bs);
-  CHECK (ramcache_pwrite (rc, a, bs, 0, &err) == 0);
+  CHECK (ramtier_pwrite (tier, a, bs, 0, &err) == 0);
 
   /* Hold the write-back of 'a' at the gate. */
   pthread_mutex_lock (&store_lock);
   gate_closed = true;
   pthread_mutex_unlock (&store_lock);
-  fa.rc = rc;
+  fa.tier = tier;
   CHECK (pthread_create (&th, NULL, flush_thread, &fa) == 0);
   pthread_mutex_lock (&store_lock);
   while (!gate_waiting)
@@ -299,8 +299,8 @@ test_redirty (void)
   pthread_mutex_unlock (&store_lock);
 
   /* The block is being written; overwrite it and read it back. */
-  CHECK (ramcache_pwrite (rc, b, 100, 0, &err) == 0);
-  CHECK (ramcache_pread (rc, out, bs, 0, &err) == 0);
+  CHECK (ramtier_pwrite (tier, b, 100, 0, &err) == 0);
+  CHECK (ramtier_pread (tier, out, bs, 0, &err) == 0);
   CHECK (out[0] == 'b' && out[99] == 'b' && out[100] == 'a');
 
   pthread_mutex_lock (&store_lock);
@@ -317,12 +317,12 @@ test_redirty (void)
   CHECK (store_at (100) == 'a');
 
   /* The new data must be written again. */
-  CHECK (ramcache_flush (rc, &err) == 0);
+  CHECK (ramtier_flush (tier, &err) == 0);
   CHECK (store_at (0) == 'b' && store_at (99) == 'b' &&
          store_at (100) == 'a');
-  CHECK (ramcache_pread (rc, out, bs, 0, &err) == 0);
+  CHECK (ramtier_pread (tier, out, bs, 0, &err) == 0);
   CHECK (out[0] == 'b' && out[100] == 'a');
-  ramcache_free (rc);
+  ramtier_free (tier);
   printf ("re-dirtied during write-back: ok\n");
 }
 
@@ -330,7 +330,7 @@ test_redirty (void)
  * partial write) must wait for the fill and return the store's data.
  */
 struct io_arg {
-  struct ramcache *rc;
+  struct ramtier *tier;
   uint8_t buf[100];
   uint64_t offset;
   bool write;
@@ -344,26 +344,26 @@ io_thread (void *vp)
   int err = 0;
 
   if (a->write)
-    a->r = ramcache_pwrite (a->rc, a->buf, sizeof a->buf, a->offset, &err);
+    a->r = ramtier_pwrite (a->tier, a->buf, sizeof a->buf, a->offset, &err);
   else
-    a->r = ramcache_pread (a->rc, a->buf, sizeof a->buf, a->offset, &err);
+    a->r = ramtier_pread (a->tier, a->buf, sizeof a->buf, a->offset, &err);
   return NULL;
 }
 
 static void
 test_read_while_filling (void)
 {
-  struct ramcache *rc = ramcache_new (1 << 20, 4096, 65536, &fake);
+  struct ramtier *tier = ramtier_new (1 << 20, 4096, 65536, &fake);
   struct io_arg w = { .offset = 0, .write = true };
   struct io_arg r = { .offset = 200, .write = false };
   pthread_t wt, rt;
   int err = 0;
 
   reset_store ();
-  CHECK (rc != NULL && ramcache_start (rc) == 0);
+  CHECK (tier != NULL && ramtier_start (tier) == 0);
   memset (store, 's', 4096);
   memset (w.buf, 'w', sizeof w.buf);
-  w.rc = r.rc = rc;
+  w.tier = r.tier = tier;
 
   pthread_mutex_lock (&store_lock);
   read_gate_closed = true;
@@ -384,9 +384,9 @@ test_read_while_filling (void)
   pthread_join (rt, NULL);
   CHECK (w.r == 0 && r.r == 0);
   CHECK (r.buf[0] == 's' && r.buf[99] == 's');
-  CHECK (ramcache_pread (rc, r.buf, 100, 50, &err) == 0);
+  CHECK (ramtier_pread (tier, r.buf, 100, 50, &err) == 0);
   CHECK (r.buf[0] == 'w' && r.buf[49] == 'w' && r.buf[50] == 's');
-  ramcache_free (rc);
+  ramtier_free (tier);
   printf ("read while filling: ok\n");
 }
 
@@ -396,35 +396,35 @@ static void
 test_failures (void)
 {
   const uint32_t bs = 4096;
-  struct ramcache *rc = ramcache_new (bs, bs, 65536, &fake);
+  struct ramtier *tier = ramtier_new (bs, bs, 65536, &fake);
   uint8_t buf[4096], out[4096];
   int err = 0;
 
   reset_store ();
-  CHECK (rc != NULL && ramcache_start (rc) == 0);
+  CHECK (tier != NULL && ramtier_start (tier) == 0);
   memset (buf, 'x', bs);
   fail_writes = true;
-  CHECK (ramcache_pwrite (rc, buf, bs, 0, &err) == 0);  /* into RAM */
+  CHECK (ramtier_pwrite (tier, buf, bs, 0, &err) == 0);  /* into RAM */
   err = 0;
-  CHECK (ramcache_flush (rc, &err) == -1 && err == EIO);
+  CHECK (ramtier_flush (tier, &err) == -1 && err == EIO);
   /* The one block is dirty and cannot be written: a write needing a
    * new block must fail, not hang.
    */
   err = 0;
-  CHECK (ramcache_pwrite (rc, buf, bs, bs, &err) == -1 && err == EIO);
+  CHECK (ramtier_pwrite (tier, buf, bs, bs, &err) == -1 && err == EIO);
   /* The data is still there. */
-  CHECK (ramcache_pread (rc, out, bs, 0, &err) == 0);
+  CHECK (ramtier_pread (tier, out, bs, 0, &err) == 0);
   CHECK (memcmp (out, buf, bs) == 0);
 
   pthread_mutex_lock (&store_lock);
   fail_writes = false;
   pthread_mutex_unlock (&store_lock);
-  CHECK (ramcache_flush (rc, &err) == 0);
+  CHECK (ramtier_flush (tier, &err) == 0);
   CHECK (memcmp (store, buf, bs) == 0);
-  CHECK (ramcache_pwrite (rc, buf, bs, bs, &err) == 0);
-  CHECK (ramcache_flush (rc, &err) == 0);
+  CHECK (ramtier_pwrite (tier, buf, bs, bs, &err) == 0);
+  CHECK (ramtier_flush (tier, &err) == 0);
   CHECK (memcmp (store + bs, buf, bs) == 0);
-  ramcache_free (rc);
+  ramtier_free (tier);
   printf ("failing store: ok\n");
 }
 
@@ -435,7 +435,7 @@ test_failures (void)
 #define CDISK (256 * 1024 + 333)
 
 static uint8_t model[CDISK], known[CDISK];
-static struct ramcache *crc;
+static struct ramtier *crc;
 static unsigned nr_ops;
 static uint64_t region;          /* bytes owned in a row by one thread */
 
@@ -479,13 +479,13 @@ worker (void *vp)
     if (kind < 40) {
       for (i = 0; i < count; ++i)
         buf[i] = rnd (&w->rng);
-      if (ramcache_pwrite (crc, buf, count, offset, &err) == -1)
+      if (ramtier_pwrite (crc, buf, count, offset, &err) == -1)
         goto fail;
       memcpy (model + offset, buf, count);
       memset (known + offset, 1, count);
     }
     else if (kind < 80) {
-      if (ramcache_pread (crc, buf, count, offset, &err) == -1)
+      if (ramtier_pread (crc, buf, count, offset, &err) == -1)
         goto fail;
       for (i = 0; i < count; ++i)
         if (known[offset + i] && buf[i] != model[offset + i]) {
@@ -495,17 +495,17 @@ worker (void *vp)
         }
     }
     else if (kind < 88) {
-      if (ramcache_zero (crc, count, offset, &err) == -1)
+      if (ramtier_zero (crc, count, offset, &err) == -1)
         goto fail;
       memset (model + offset, 0, count);
       memset (known + offset, 1, count);
     }
     else if (kind < 98) {
-      if (ramcache_trim (crc, count, offset, &err) == -1)
+      if (ramtier_trim (crc, count, offset, &err) == -1)
         goto fail;
       memset (known + offset, 0, count);
     }
-    else if (ramcache_flush (crc, &err) == -1)
+    else if (ramtier_flush (crc, &err) == -1)
       goto fail;
   }
   return NULL;
@@ -520,7 +520,7 @@ test_concurrency (uint64_t limit, uint64_t reg, unsigned delay_us,
                   unsigned ops)
 {
   struct worker ws[NTHREADS];
-  struct ramcache_stats st;
+  struct ramtier_stats st;
   int err = 0, i;
   uint64_t j;
 
@@ -531,8 +531,8 @@ test_concurrency (uint64_t limit, uint64_t reg, unsigned delay_us,
   assert (region <= REGION_MAX);
   memset (model, 0, sizeof model);
   memset (known, 1, sizeof known);
-  crc = ramcache_new (limit, 4096, CDISK, &fake);
-  CHECK (crc != NULL && ramcache_start (crc) == 0);
+  crc = ramtier_new (limit, 4096, CDISK, &fake);
+  CHECK (crc != NULL && ramtier_start (crc) == 0);
 
   pthread_t th[NTHREADS];
   for (i = 0; i < NTHREADS; ++i) {
@@ -545,13 +545,13 @@ test_concurrency (uint64_t limit, uint64_t reg, unsigned delay_us,
     pthread_join (th[i], NULL);
     CHECK (!ws[i].failed);
   }
-  CHECK (ramcache_flush (crc, &err) == 0);
+  CHECK (ramtier_flush (crc, &err) == 0);
   for (j = 0; j < CDISK; ++j)
     if (known[j] && store[j] != model[j]) {
       fprintf (stderr, "store mismatch after flush at %" PRIu64 "\n", j);
       exit (EXIT_FAILURE);
     }
-  ramcache_get_stats (crc, &st);
+  ramtier_get_stats (crc, &st);
   CHECK (st.dirty_bytes == 0);
   CHECK (st.held_bytes <= limit || st.held_bytes == 4096);
   printf ("concurrency, limit %" PRIu64 ", region %" PRIu64 ", delay %u us: "
@@ -560,7 +560,7 @@ test_concurrency (uint64_t limit, uint64_t reg, unsigned delay_us,
           PRIu64 ", misses %" PRIu64 ")\n", limit, region, delay_us,
           st.written_below_bytes, st.dropped_bytes, st.writer_stalls,
           st.read_hits, st.read_misses);
-  ramcache_free (crc);
+  ramtier_free (crc);
 }
 
 int
