@@ -150,6 +150,10 @@ touch (const char *dir, const char *name, bool create)
     unlink (path);
 }
 
+/* Parse the arguments, connect, run the writer threads for the
+ * time given, join them and report: straight-line, one phase after
+ * the other.
+ */
 int
 main (int argc, char *argv[])
 {

@@ -361,6 +361,12 @@ snapshot_trim (const char *who, struct nbd_handle *nbd,
   return 0;
 }
 
+/* A writer thread: each operation picks a kind (write, zero, trim,
+ * fast zero, flush), sends it, and records what the live disk must
+ * now hold.  Long because the kinds share the bookkeeping of one
+ * operation and reading them side by side is how the checker is
+ * reviewed; each kind is a few lines.
+ */
 static void *
 writer (void *vp)
 {
@@ -688,6 +694,10 @@ usage (void)
   exit (2);
 }
 
+/* Parse the options, fill or take the point in time, run the
+ * threads, then the final checks.  Long but straight-line: each phase
+ * follows the previous one, in the order the usage text gives.
+ */
 int
 main (int argc, char *argv[])
 {

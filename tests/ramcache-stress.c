@@ -84,6 +84,11 @@ check (const char *who, const uint8_t *buf, uint64_t count, uint64_t offset)
   return 0;
 }
 
+/* A worker thread: its own connection, then random writes, zeroes,
+ * trims, flushes and reads of its own regions, each read checked
+ * against the thread's model.  Long for the same reason as
+ * pit-torture's writer: one loop over the kinds of operation.
+ */
 static void *
 worker (void *vp)
 {
