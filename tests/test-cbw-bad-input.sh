@@ -70,7 +70,7 @@ bad 'cbw-qemu-nbd|/nonexistent' "${cbw[@]}" "$ok_live" "$img" \
     cbw-qemu-nbd=/nonexistent/qemu-nbd
 bad 'cbw-qemu-img|/nonexistent' "${cbw[@]}" "$ok_live" "$img" \
     cbw-qemu-img=/nonexistent/qemu-img
-! test -e "$tmp/fleece.qcow2"
+! test -e "$tmp/fleece.qcow2" || exit 1
 
 # An existing image is refused and left alone: a file of our own,
 # and a real qcow2.

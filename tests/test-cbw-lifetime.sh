@@ -123,8 +123,8 @@ for i in $(seq 1 100); do
     kill -0 "$cbw_pid" 2>/dev/null || break
     sleep 0.1
 done
-! kill -0 "$cbw_pid" 2>/dev/null
-! test -e "$img"
+! kill -0 "$cbw_pid" 2>/dev/null || exit 1
+! test -e "$img" || exit 1
 
 # cbw-keep-image=true keeps it.
 start_cbw cbw-keep-image=true

@@ -105,4 +105,4 @@ g2=$(status_field generation)
 py save pit2
 py check pit2              # a new PIT, with writes 1 and 2
 [ "$(status_field generation)" -eq $((g2 + 1)) ]
-! cmp -s "$tmp/pit1" "$tmp/pit2"
+! cmp -s "$tmp/pit1" "$tmp/pit2" || exit 1

@@ -74,10 +74,10 @@ run ()
 
     # The writers changed the live disk; the snapshot is over.
     if [ "$live" = file ]; then
-        ! cmp -s "$disk" "$ref"
+        ! cmp -s "$disk" "$ref" || exit 1
     else
         timeout 300 nbdcopy "$live_uri" "$copy"
-        ! cmp -s "$copy" "$ref"
+        ! cmp -s "$copy" "$ref" || exit 1
         # The memory plugin does fast zero: some were refused because
         # they needed a copy-before-write.
         grep -E '[1-9][0-9]* ENOTSUP' "$tmp/out"
@@ -90,7 +90,7 @@ run ()
     kill_pid "$cbw_pid"
     kill_pid "$live_pid"
     # The fleece image is removed at exit.
-    ! test -e "$tmp/fleece.qcow2"
+    ! test -e "$tmp/fleece.qcow2" || exit 1
 }
 
 M=$((1024 * 1024))

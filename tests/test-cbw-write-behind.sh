@@ -124,7 +124,7 @@ timeout 300 "$TESTS_BIN/pit-torture" -F -S 11 -c 65536 "$writer_uri"
 cp "$disk" "$ref"
 timeout 300 "$TESTS_BIN/pit-torture" -S 11 -c 65536 -w 4 -r 3 -n 800 \
         "$writer_uri" "$snap_uri" "$ref"
-! cmp -s "$disk" "$ref"
+! cmp -s "$disk" "$ref" || exit 1
 wait_status state '"none"'
 [ "$(status_field broken)" = false ]
 [ "$(status_field cbw_failures)" = 0 ]

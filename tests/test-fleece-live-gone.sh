@@ -115,7 +115,7 @@ PY
         kill -0 "$fleece_pid" 2>/dev/null || break
         sleep 0.1
     done
-    ! kill -0 "$fleece_pid" 2>/dev/null
+    ! kill -0 "$fleece_pid" 2>/dev/null || exit 1
 }
 
 cbw_args=()

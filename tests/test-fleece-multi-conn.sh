@@ -90,7 +90,7 @@ timeout 300 "$TESTS_BIN/pit-torture" -S 41 -w 4 -r 4 -n 1000 -i \
         -x "nbdcopy --connections=4 '$s' '$tmp/copy.img' &&
             cmp '$tmp/copy.img' '$tmp/ref.img'" \
         "$w" "$s" "$tmp/ref.img"
-! cmp -s "$tmp/live.img" "$tmp/ref.img"
+! cmp -s "$tmp/live.img" "$tmp/ref.img" || exit 1
 [ "$(connections_used)" -ge 4 ]
 
 # The four connections come back after a restart.

@@ -57,5 +57,5 @@ if [ -x "$TESTS_BIN/pit-torture" ] &&
             -x "nbdcopy --connections=4 '$s' '$tmp/copy.img' &&
                 cmp '$tmp/copy.img' '$tmp/ref.img'" \
             "$w" "$s" "$tmp/ref.img"
-    ! cmp -s "$tmp/live.img" "$tmp/ref.img"
+    ! cmp -s "$tmp/live.img" "$tmp/ref.img" || exit 1
 fi
