@@ -86,6 +86,25 @@ good ()
     qemu-img compare -f qcow2 -F raw "$d/k$n.qcow2" "$d/ref$n.img"
     last="k$n"
 }
+# crash_in STEP COMMAND: restart the stack with the crash hook at STEP,
+# begin a backup, send COMMAND (a release), check that nbdkit died at
+# the hook, and restart the stack without it.
+crash_in ()
+{
+    local i
+    crash_nbdkit "$d/bd.pid"
+    BITMAP_DISCARD_TEST_CRASH="$1" restart_stack
+    begin
+    ctl "$d/ctl" "$2" || :
+    for i in $(seq 1 100); do
+        pid_alive "$(cat "$d/bd.pid")" || break
+        sleep 0.1
+    done
+    ! pid_alive "$(cat "$d/bd.pid")" || exit 1
+    crash_nbdkit "$d/bd.pid" 2>/dev/null || :
+    restart_stack
+}
+
 # gone: checkpoint kN does not exist (it was dropped).
 gone ()
 {
@@ -153,17 +172,7 @@ good
 # kill -9 at every step of a commit: either the commit happened or the
 # checkpoint is dropped; the next incremental is exact either way.
 for point in start written renamed done; do
-    crash_nbdkit "$d/bd.pid"
-    BITMAP_DISCARD_TEST_CRASH="commit:$point" restart_stack
-    begin
-    ctl "$d/ctl" "release" || :
-    for i in $(seq 1 100); do
-        pid_alive "$(cat "$d/bd.pid")" || break
-        sleep 0.1
-    done
-    ! pid_alive "$(cat "$d/bd.pid")"
-    crash_nbdkit "$d/bd.pid" 2>/dev/null || :
-    restart_stack
+    crash_in "commit:$point" "release"
     ctl_ok "$d/ctl" "checkpoints"
     case "$point:$(ckpts)" in
         start:*"k$n:"* | written:*"k$n:"*)
@@ -179,17 +188,7 @@ done
 
 # kill -9 at every step of a drop.
 for point in start written renamed marked unlinked done; do
-    crash_nbdkit "$d/bd.pid"
-    BITMAP_DISCARD_TEST_CRASH="drop:$point" restart_stack
-    begin
-    ctl "$d/ctl" "release result=failed" || :
-    for i in $(seq 1 100); do
-        pid_alive "$(cat "$d/bd.pid")" || break
-        sleep 0.1
-    done
-    ! pid_alive "$(cat "$d/bd.pid")"
-    crash_nbdkit "$d/bd.pid" 2>/dev/null || :
-    restart_stack
+    crash_in "drop:$point" "release result=failed"
     gone
     good
 done
