@@ -62,6 +62,7 @@
 #include "cleanup.h"
 #include "nbdconn.h"
 #include "rounding.h"
+#include "threadname.h"
 
 struct nbdconn {
   /* Set before the reader starts and never changed. */
@@ -282,7 +283,7 @@ reader (void *opaque)
 }
 
 int
-nbdconn_start (struct nbdconn *c)
+nbdconn_start (struct nbdconn *c, const char *name)
 {
   int r;
 
@@ -292,6 +293,7 @@ nbdconn_start (struct nbdconn *c)
     nbdkit_error ("%s: pthread_create: %m", c->what);
     return -1;
   }
+  thread_name (c->reader, name);
   c->reader_started = true;
   return 0;
 }

@@ -51,9 +51,11 @@ extern int nbdconn_connect_argv (struct nbdconn *c, char **argv)
 extern struct nbd_handle *nbdconn_handle (struct nbdconn *c)
   __attribute__ ((__nonnull__ (1)));
 
-/* Start the reader thread.  Call after nbdkit forks. */
-extern int nbdconn_start (struct nbdconn *c)
-  __attribute__ ((__nonnull__ (1)));
+/* Start the reader thread, named NAME (at most 15 characters,
+ * for thread lists).  Call after nbdkit forks.
+ */
+extern int nbdconn_start (struct nbdconn *c, const char *name)
+  __attribute__ ((__nonnull__ (1, 2)));
 
 /* Stop the reader thread, disconnect and free.  NULL is a no-op. */
 extern void nbdconn_close (struct nbdconn *c);

@@ -43,6 +43,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "threadname.h"
 #include "timespec.h"
 #include "commands.h"
 #include "control.h"
@@ -402,6 +403,7 @@ control_start (void)
     nbdkit_error ("bitmap-discard: pthread_create: %m");
     return -1;
   }
+  thread_name (thread, "bd-control");
   thread_running = true;
   return 0;
 }

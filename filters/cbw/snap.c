@@ -121,6 +121,7 @@
 #include "rounding.h"
 #include "snap.h"
 #include "store.h"
+#include "threadname.h"
 
 /* Parameters (see snap.h). */
 uint32_t cbw_cluster_size = 65536;
@@ -436,6 +437,7 @@ snap_init (uint64_t size)
     nbdkit_error ("cbw: pthread_create: %m");
     return -1;
   }
+  thread_name (linger_thread, "cbw-linger");
   linger_thread_started = true;
   return 0;
 }

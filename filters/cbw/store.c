@@ -382,7 +382,7 @@ make_store (struct nbdconn **connp, struct ramtier **ramp)
   }
   else if (qemu_store_create (disk_size, cluster_size, c) == -1)
     goto err;
-  if (check_store (c) == -1 || nbdconn_start (c) == -1)
+  if (check_store (c) == -1 || nbdconn_start (c, "cbw-store") == -1)
     goto err;
 
   if (ram_limit > 0) {

@@ -118,6 +118,7 @@
 
 #include "cleanup.h"
 #include "rounding.h"
+#include "threadname.h"
 #include "timespec.h"
 
 #include "ramtier.h"
@@ -950,6 +951,7 @@ ramtier_start (struct ramtier *rt)
       nbdkit_error ("ramcache: pthread_create: %m");
       return -1;
     }
+    thread_name (rt->writers[i].thread, "ramtier-wb");
     rt->writers[i].thread_running = true;
     /* From the first thread on, callers leave write-back to the
      * threads.

@@ -59,6 +59,7 @@
 #include "link.h"
 #include "nbdconn.h"
 #include "params.h"
+#include "threadname.h"
 #include "timespec.h"
 
 /* Back-off between connection attempts, in seconds. */
@@ -396,7 +397,7 @@ pool_start (struct pool *p)
   unsigned i;
 
   for (i = 0; i < p->n; i++)
-    if (nbdconn_start (p->conns[i]) == -1)
+    if (nbdconn_start (p->conns[i], "fleece-live") == -1)
       return -1;
   return 0;
 }
@@ -685,6 +686,7 @@ link_after_fork (void)
     nbdkit_error ("fleece: pthread_create: %m");
     return -1;
   }
+  thread_name (reconnector, "fleece-reconn");
   reconnector_started = true;
   return 0;
 }
