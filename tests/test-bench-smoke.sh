@@ -3,8 +3,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 #
 # Smoke test of the benchmark scripts: bench/run.sh --smoke runs every
-# contender once on a tiny disk and must print its markdown table.
-# Numbers are not checked: no test asserts timing.
+# contender once on a tiny disk and must print its markdown table;
+# bench/threads.sh must name the hop's connection threads and count
+# every request.  Numbers are not checked: no test asserts timing.
 
 source ./functions.sh
 set -e
@@ -55,3 +56,12 @@ if grep 'failed' "$results/notes.txt"; then
     echo "$0: the bench noted failures" >&2
     exit 1
 fi
+
+# Thread by thread: the live and store readers are named, and the pass
+# made one request per cluster (16M / 64K = 256).
+out="$(BENCH_BUILDDIR="$abs_top_builddir" \
+       bash "$abs_top_srcdir/bench/threads.sh" --size 16M --block-size 4K)"
+echo "$out"
+grep -q '^first writes of 4K over 16M: 256 requests, ' <<<"$out"
+grep -q '^  fleece-live ' <<<"$out"
+grep -q '^  cbw-store ' <<<"$out"
