@@ -33,7 +33,10 @@
  * in their own final state (ABANDONED, DONE) atomically; whoever
  * comes second sees the other's, and if that is the callback, it
  * frees the command (and the data buffer, which the caller handed
- * over) when the reply finally comes.
+ * over) when the reply finally comes.  A caller that does not want
+ * to wait at all detaches the command (DETACHED) with a function of
+ * its own, which the callback then calls with the reply's errno
+ * before it frees the command.
  *
  * When the connection dies, libnbd completes every queued and
  * in-flight command with an error, so no caller sleeps forever, and
@@ -87,7 +90,7 @@ struct nbdconn {
 };
 
 /* Who owns a command after it is queued (see "Command lifetime"). */
-enum cmd_state { CMD_WAITING, CMD_DONE, CMD_ABANDONED };
+enum cmd_state { CMD_WAITING, CMD_DONE, CMD_ABANDONED, CMD_DETACHED };
 
 /* One command. */
 struct cmd {
@@ -97,6 +100,8 @@ struct cmd {
   int err;                      /* errno from the reply, written by the
                                  * callback before it posts done */
   void *owned_buf;              /* freed with an abandoned command */
+  nbdconn_done_fn done_fn;      /* DETACHED: called with the reply */
+  void *done_opaque;
 };
 
 struct nbdconn *
@@ -366,11 +371,25 @@ complete (void *opaque, int *error)
   struct nbdconn *c = cmd->c;
 
   cmd->err = *error;
-  if (atomic_exchange (&cmd->state, CMD_DONE) == CMD_ABANDONED) {
+  switch (atomic_exchange (&cmd->state, CMD_DONE)) {
+  case CMD_ABANDONED:
     cmd_free (cmd);
     inflight_done (c);
+    break;
+  case CMD_DETACHED: {
+    nbdconn_done_fn done_fn = cmd->done_fn;
+    void *done_opaque = cmd->done_opaque;
+    int e = cmd->err;
+
+    cmd_free (cmd);
+    /* Before the in-flight count drops, so that nbdconn_wait_idle
+     * also waits for what it does.
+     */
+    done_fn (done_opaque, e);
+    inflight_done (c);
+    break;
   }
-  else {
+  default:
     inflight_done (c);
     sem_post (&cmd->done);
   }
@@ -565,6 +584,21 @@ nbdconn_finish (struct nbdconn_cmd *ac, const struct timespec *deadline,
   e = ac->cmd.err;
   cmd_free (&ac->cmd);
   return reply_error (c, &r, e, err);
+}
+
+bool
+nbdconn_detach (struct nbdconn_cmd *ac, nbdconn_done_fn done, void *opaque)
+{
+  ac->cmd.done_fn = done;
+  ac->cmd.done_opaque = opaque;
+  /* The exchange publishes done/done_opaque to the callback. */
+  if (atomic_exchange (&ac->cmd.state, CMD_DETACHED) == CMD_WAITING)
+    return true;
+  /* The reply is in (its post is made or on the way): the caller
+   * finishes the command as usual, without waiting long.
+   */
+  atomic_store (&ac->cmd.state, CMD_DONE);
+  return false;
 }
 
 /* Send a command and wait for its reply until DEADLINE (see

@@ -15,6 +15,7 @@
 #ifndef NBDKIT_FLEECE_NBDCONN_H
 #define NBDKIT_FLEECE_NBDCONN_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -128,6 +129,22 @@ extern struct nbdconn_cmd *nbdconn_pwrite_owned_start (struct nbdconn *c,
 extern int nbdconn_finish (struct nbdconn_cmd *cmd,
                            const struct timespec *deadline, int *err)
   __attribute__ ((__nonnull__ (1, 3)));
+
+/* Stop waiting for CMD (from nbdconn_*_start, never finished):
+ * when its reply comes, DONE (OPAQUE, E) is called with the reply's
+ * errno E (0: success; ENOTCONN: the connection was lost) and the
+ * command is freed.  DONE runs on the reader thread inside libnbd's
+ * completion callback, with the handle's lock held: it must not call
+ * libnbd or nbdconn_* on this connection, and must not wait for
+ * anything that needs this connection's replies.  Returns true if
+ * detached; false if the reply has already come, and then CMD is
+ * still the caller's, to pass to nbdconn_finish (which does not
+ * wait long).
+ */
+typedef void (*nbdconn_done_fn) (void *opaque, int e);
+extern bool nbdconn_detach (struct nbdconn_cmd *cmd, nbdconn_done_fn done,
+                            void *opaque)
+  __attribute__ ((__nonnull__ (1, 2)));
 
 /* How many commands are in flight now (a hint: it moves). */
 extern uint64_t nbdconn_inflight (struct nbdconn *c)

@@ -7,20 +7,26 @@
 # the old cluster, starts its store write, and goes below at once;
 # the cluster stays COPYING until the store write is done, and a
 # snapshot read of a COPYING cluster waits for it (copy.c,
-# "Write-behind").  The store is nbdkit memory (cbw-store=), which
-# the test stops with SIGSTOP:
+# "Write-behind").  Without cbw-timeout the writer does not wait for
+# the store write at all; with it, the writer waits so that the
+# deadline holds ("Detached publish").  The store is nbdkit memory
+# (cbw-store=), which the test stops with SIGSTOP:
 #
 #   1. A write into cluster 0 with the store stopped reaches the live
-#      disk while the write itself stays in flight (the store write
-#      overlaps it).
+#      disk.  Without cbw-timeout the write completes, with the store
+#      still stopped, and status counts the cluster as copied; with
+#      cbw-timeout=600 it stays in flight.
 #   2. Snapshot reads of cluster 0 sent then (the live disk already
 #      holds the new data) return the old data once the store runs
 #      again, and so does a read across clusters 0 (COPYING) and 1
 #      (NEEDED).  Reading COPYING clusters from the live disk would
-#      return the new data here.
+#      return the new data here.  A second write to cluster 0 waits
+#      for the copy and completes after it; the snapshot still
+#      returns the old data.
 #   3. pit-torture with a store slowed by nbdkit's delay filter (every
 #      store write in flight for 5 ms): concurrent writers and
-#      snapshot readers, every read compared with the reference.
+#      snapshot readers, every read compared with the reference;
+#      without cbw-timeout, then with it.
 #
 # That break-write copies in full before the write goes below is
 # test-cbw-break-write.sh's: a failed store write there must leave the
@@ -47,25 +53,32 @@ start_store ()
     cleanup_fn kill -CONT "$store_pid"
 }
 
-# Cases 1 and 2.
+# Cases 1 and 2; $1 = detached (no cbw-timeout) or waits.
 stopped_store ()
 {
+    local mode="$1"
     start_live 4M
     nbdsh -u "$live_uri" -c 'h.pwrite(b"\x11" * (4 << 20), 0)'
     start_store memory 4M
-    start_cbw cbw-store="$store_uri"
-    export live_uri writer_uri snap_uri store_pid
+    if [ "$mode" = detached ]; then
+        start_cbw cbw-store="$store_uri"
+    else
+        start_cbw cbw-store="$store_uri" cbw-timeout=600
+    fi
+    export live_uri writer_uri snap_uri store_pid mode status_uri
 
     timeout 120 python3 - <<'PY'
-import os, signal
+import os, signal, time
 import nbd
-from fleecetest import conn, wait_until
+from fleecetest import conn, status, wait_until
 
 C = 64 * 1024
 store_pid = int(os.environ["store_pid"])
+detached = os.environ["mode"] == "detached"
 live = conn(os.environ["live_uri"])
 sn = conn(os.environ["snap_uri"])
 w = conn(os.environ["writer_uri"])
+w2 = conn(os.environ["writer_uri"])
 
 os.kill(store_pid, signal.SIGSTOP)
 try:
@@ -76,21 +89,45 @@ try:
         return live.pread(4096, 100) == b"\x22" * 4096
     wait_until(on_live, "the live disk did not get the write while "
                "the store was stopped: no write-behind", tries=1200)
-    assert w.aio_in_flight() == 1, \
-        "the write completed before its store write could"
+    if detached:
+        def completed():
+            w.poll(0)
+            return w.aio_in_flight() == 0
+        wait_until(completed, "without cbw-timeout the write waited "
+                   "for its store write", tries=1200)
+        assert w.aio_command_completed(wcookie)
+        # Counted when the writer is done, not when the store is.
+        s = status(os.environ["status_uri"])
+        assert s["copied_bytes"] == C and s["preserved_bytes"] == C, s
+    else:
+        time.sleep(0.5)
+        w.poll(0)
+        assert w.aio_in_flight() == 1, \
+            "with cbw-timeout the write completed before its store write"
 
-    # 2. Snapshot reads of the COPYING cluster, and across it.
+    # 2. Snapshot reads of the COPYING cluster, and across it, and a
+    #    second write to it, which must wait for the copy.
     b0 = nbd.Buffer(C)
     c0 = sn.aio_pread(b0, 0)
     b01 = nbd.Buffer(C)
     c01 = sn.aio_pread(b01, C // 2)
+    w2cookie = w2.aio_pwrite(b"\x33" * 4096, 8192)
+    time.sleep(0.5)
+    for h in (sn, w2):
+        h.poll(0)
+    assert sn.aio_in_flight() == 2, \
+        "a snapshot read of a cluster being copied did not wait"
+    assert w2.aio_in_flight() == 1, \
+        "a second write to a cluster being copied did not wait"
 finally:
     os.kill(store_pid, signal.SIGCONT)
 
-for h in (w, sn):
+for h in (w, w2, sn):
     while h.aio_in_flight() > 0:
         h.poll(-1)
-assert w.aio_command_completed(wcookie)
+if not detached:
+    assert w.aio_command_completed(wcookie)
+assert w2.aio_command_completed(w2cookie)
 assert sn.aio_command_completed(c0) and sn.aio_command_completed(c01)
 assert b0.to_bytearray() == b"\x11" * C, \
     "a snapshot read of a cluster being copied returned new data"
@@ -99,7 +136,8 @@ assert b01.to_bytearray() == b"\x11" * C, \
 assert live.pread(4096, 100) == b"\x22" * 4096
 assert sn.pread(C, 0) == b"\x11" * C
 assert w.pread(4096, 100) == b"\x22" * 4096
-for h in (w, sn, live):
+assert live.pread(4096, 8192) == b"\x33" * 4096
+for h in (w, w2, sn, live):
     h.shutdown()
 PY
 
@@ -110,21 +148,28 @@ PY
     kill_pid "$live_pid"
 }
 
-stopped_store
+stopped_store detached
+stopped_store waits
 
 # 3. pit-torture with every store write slowed down.
 M=$((1024 * 1024))
 disk="$tmp/disk.img"
 ref="$tmp/ref.img"
-truncate -s $((16 * M)) "$disk"
-start_live $((16 * M)) "$disk"
-start_store --filter=delay memory $((16 * M)) delay-write=5ms
-start_cbw cbw-store="$store_uri"
-timeout 300 "$TESTS_BIN/pit-torture" -F -S 11 -c 65536 "$writer_uri"
-cp "$disk" "$ref"
-timeout 300 "$TESTS_BIN/pit-torture" -S 11 -c 65536 -w 4 -r 3 -n 800 \
-        "$writer_uri" "$snap_uri" "$ref"
-! cmp -s "$disk" "$ref" || exit 1
-wait_status state '"none"'
-[ "$(status_field broken)" = false ]
-[ "$(status_field cbw_failures)" = 0 ]
+for timeout in "" cbw-timeout=600; do
+    rm -f "$disk"
+    truncate -s $((16 * M)) "$disk"
+    start_live $((16 * M)) "$disk"
+    start_store --filter=delay memory $((16 * M)) delay-write=5ms
+    start_cbw cbw-store="$store_uri" $timeout
+    timeout 300 "$TESTS_BIN/pit-torture" -F -S 11 -c 65536 "$writer_uri"
+    cp "$disk" "$ref"
+    timeout 300 "$TESTS_BIN/pit-torture" -S 11 -c 65536 -w 4 -r 3 -n 800 \
+            "$writer_uri" "$snap_uri" "$ref"
+    ! cmp -s "$disk" "$ref" || exit 1
+    wait_status state '"none"'
+    [ "$(status_field broken)" = false ]
+    [ "$(status_field cbw_failures)" = 0 ]
+    kill_pid "$cbw_pid"
+    kill_pid "$store_pid"
+    kill_pid "$live_pid"
+done

@@ -27,10 +27,19 @@
  * store writes and publishes.  A first write then costs a read and
  * the longer of two writes, instead of the sum of three.
  *
+ * Detached publish.  Without cbw-timeout the writer does not even
+ * wait for the store writes: copy_end_locked hands the runs to a
+ * struct copy_detached, the store calls back as each write completes
+ * (on its connection's reader thread), and the last one publishes.
+ * A first write then costs a read and a write, and its store write
+ * no longer holds a worker thread.  With cbw-timeout, the writer
+ * waits for them as before, so that the deadline is kept.
+ *
  * The PIT stays exact because the clusters stay COPYING until the
  * publish, and a snapshot read never reads a COPYING cluster: it
  * waits for the publish (snap.c, "Frozen reads") and then reads the
- * store.  A store write that fails after the live disk changed
+ * store.  The end of a snapshot and snap_free wait for every copy in
+ * flight (copy_wait_all_locked), detached ones included.  A store write that fails after the live disk changed
  * cannot keep the data, so its only possible policy is to break the
  * snapshot: under break-write the copy is done in full before the
  * writer goes below, as the policy requires.  Memory stays bounded:
@@ -50,6 +59,7 @@
 #include <time.h>
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include <nbdkit-filter.h>
 
@@ -287,11 +297,32 @@ undo_after_break_locked (const struct copy *cl)
         bitmap_set (&eng.clusters, c, CL_FREE);
 }
 
+/* Count CL's runs as copied and preserved, as publish_locked does
+ * for a copy that was not counted before.
+ */
+static void
+count_locked (const struct copy *cl)
+{
+  size_t i;
+
+  if (eng.broken)
+    return;
+  for (i = 0; i < cl->nr_runs; ++i) {
+    uint64_t bytes = cluster_bytes (cl->runs[i].first, cl->runs[i].end);
+
+    eng.preserved_bytes += bytes;
+    eng.copied_bytes += bytes;
+  }
+}
+
 /* Publish the runs that were copied (SAVED), apply the error policy
- * to those that were not, and wake whoever waits for copies.
+ * to those that were not, and wake whoever waits for copies.  If
+ * COUNTED, count_locked has counted CL already (a detached copy,
+ * counted when its writer was done): a run that failed since is
+ * taken off copied_bytes (the break resets preserved_bytes).
  */
 static int
-publish_locked (const struct copy *cl, bool all_ok, int *err)
+publish_locked (const struct copy *cl, bool all_ok, bool counted, int *err)
 {
   size_t i;
   uint64_t c;
@@ -302,14 +333,18 @@ publish_locked (const struct copy *cl, bool all_ok, int *err)
     uint64_t bytes = cluster_bytes (run->first, run->end);
 
     eng.copies_inflight -= run->end - run->first;
+    if (run->err != 0 && counted)
+      eng.copied_bytes -= MIN (eng.copied_bytes, bytes);
     if (run->err != 0 || eng.broken)
       continue;
     for (c = run->first; c < run->end; ++c) {
       assert (bitmap_get (&eng.clusters, c) == CL_COPYING);
       bitmap_set (&eng.clusters, c, CL_SAVED);
     }
-    eng.preserved_bytes += bytes;
-    eng.copied_bytes += bytes;
+    if (!counted) {
+      eng.preserved_bytes += bytes;
+      eng.copied_bytes += bytes;
+    }
   }
   if (!all_ok)
     r = apply_error_policy_locked (cl, err);
@@ -439,27 +474,127 @@ copy_begin_locked (nbdkit_next *next, uint64_t first, uint64_t end,
   if (cl->behind)
     return 0;                   /* published by copy_end_locked */
 
-  r = publish_locked (cl, all_ok, err);
+  r = publish_locked (cl, all_ok, false, err);
   free (cl->runs);
   cl->runs = NULL;
   return r;
 }
 
+/* A write-behind copy whose writer is done: its runs, and how many
+ * of their store writes are still to complete, plus one while the
+ * writer hands them over.  Whoever brings it to 0 publishes.
+ */
+struct copy_detached {
+  struct copy cl;
+  atomic_size_t left;
+};
+
+/* True if none of CL's runs failed. */
+static bool
+runs_ok (const struct copy *cl)
+{
+  size_t i;
+
+  for (i = 0; i < cl->nr_runs; ++i)
+    if (cl->runs[i].err != 0)
+      return false;
+  return true;
+}
+
+/* Publish a detached copy and free it. */
+static void
+publish_detached_locked (struct copy_detached *d)
+{
+  int err = 0;
+  int r;
+
+  /* Only break-snapshot writes behind: nobody fails here. */
+  r = publish_locked (&d->cl, runs_ok (&d->cl), true, &err);
+  assert (r == 0);
+  (void) r;
+  free (d->cl.runs);
+  free (d);
+}
+
+/* A detached store write completed (store.h, store_write_detach): on
+ * the store's reader thread, no lock held.
+ */
+static void
+run_stored (void *opaque, int r, int err)
+{
+  struct copy_run *run = opaque;
+  struct copy_detached *d = run->detached;
+
+  if (r == -1)
+    run->err = err != 0 ? err : EIO;
+  if (atomic_fetch_sub (&d->left, 1) == 1) {
+    pthread_mutex_lock (&eng.lock);
+    publish_detached_locked (d);
+    pthread_mutex_unlock (&eng.lock);
+  }
+}
+
+/* Hand CL's store writes over to run_stored, in D.  No lock held.
+ * Returns NULL if the last of them will publish, or D for the caller
+ * to publish (every write was done already).
+ */
+static struct copy_detached *
+detach_runs (struct copy *cl, struct copy_detached *d)
+{
+  size_t i;
+
+  d->cl = *cl;
+  atomic_init (&d->left, d->cl.nr_runs + 1);
+  for (i = 0; i < d->cl.nr_runs; ++i) {
+    struct copy_run *run = &d->cl.runs[i];
+
+    run->detached = d;
+    if (run->started) {
+      run->started = false;
+      if (store_write_detach (&run->w, run_stored, run))
+        continue;               /* run_stored counts it down */
+      if (store_write_finish (&run->w, &run->err) == -1 && run->err == 0)
+        run->err = EIO;
+    }
+    atomic_fetch_sub (&d->left, 1);
+  }
+  /* Our own count: after it, run_stored may publish and free d. */
+  if (atomic_fetch_sub (&d->left, 1) == 1)
+    return d;
+  return NULL;
+}
+
 void
 copy_end_locked (struct copy *cl)
 {
+  struct copy_detached *d;
   bool all_ok;
   int err = 0;
   int r;
 
   if (!cl->behind)
     return;
+  /* Without a deadline to keep, the writer need not wait (see
+   * "Detached publish"); without memory for that, it waits.
+   */
+  d = cl->has_deadline ? NULL : malloc (sizeof *d);
+  if (d) {
+    /* Counted now, so that status is current when the write returns. */
+    count_locked (cl);
+    pthread_mutex_unlock (&eng.lock);
+    d = detach_runs (cl, d);
+    pthread_mutex_lock (&eng.lock);
+    if (d)
+      publish_detached_locked (d);
+    *cl = (struct copy) { .behind = false };
+    return;
+  }
   pthread_mutex_unlock (&eng.lock);
   all_ok = finish_runs (cl);
   pthread_mutex_lock (&eng.lock);
 
   /* Only break-snapshot writes behind: the writer never fails here. */
-  r = publish_locked (cl, all_ok, &err);
+  r = publish_locked (cl, all_ok, false, &err);
   assert (r == 0);
   free (cl->runs);
   cl->runs = NULL;

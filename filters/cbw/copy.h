@@ -16,12 +16,15 @@
 
 #include "store.h"
 
+struct copy_detached;
+
 /* A run of clusters a writer claimed for copying. */
 struct copy_run {
   uint64_t first, end;          /* clusters [first, end) */
   int err;                      /* 0, or why its copy failed */
   bool started;                 /* w is on its way (write-behind) */
   struct store_write w;
+  struct copy_detached *detached; /* see copy_end_locked */
 };
 
 /* A writer's copy-before-write, from copy_begin_locked to
@@ -53,10 +56,13 @@ extern int copy_begin_locked (nbdkit_next *next, uint64_t first,
                               struct copy *cl, int *err)
   __attribute__ ((__nonnull__ (1, 5, 6)));
 
-/* Finish CL: wait for its store writes and publish them, if they were
- * written behind (drops the lock meanwhile); otherwise nothing.  A
- * failure here breaks the snapshot (only break-snapshot writes
- * behind), so the writer's request never fails.
+/* Finish CL, if it was written behind (drops the lock meanwhile);
+ * otherwise nothing.  Without cbw-timeout the writer does not wait
+ * for its store writes: the last of them to complete publishes the
+ * runs, on the store's reader thread, and until then they stay
+ * COPYING.  With cbw-timeout, wait for them here (each within the
+ * deadline) and publish.  A failure breaks the snapshot (only
+ * break-snapshot writes behind), so the writer's request never fails.
  */
 extern void copy_end_locked (struct copy *cl)
   __attribute__ ((__nonnull__ (1)));

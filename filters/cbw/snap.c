@@ -454,6 +454,13 @@ snap_free (void)
     pthread_join (linger_thread, NULL);
     linger_thread_started = false;
   }
+  /* Detached copies publish into the maps (copy.c): let them end.
+   * The store, and so its reader thread, is closed after this.
+   */
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&eng.lock);
+    copy_wait_all_locked ();
+  }
   bitmap_free (&eng.clusters);
   bitmap_free (&eng.stored);
 }

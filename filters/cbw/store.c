@@ -589,7 +589,7 @@ void
 store_write_start (void *buf, uint32_t count, uint64_t offset,
                    const struct timespec *deadline, struct store_write *w)
 {
-  *w = (struct store_write) { .count = count };
+  *w = (struct store_write) { .count = count, .offset = offset };
   if (deadline) {
     w->deadline = *deadline;
     w->has_deadline = true;
@@ -641,6 +641,61 @@ store_write_finish (struct store_write *w, int *err)
     *err = w->err;
   }
   return w->r;
+}
+
+/* A detached store write: what its completion needs. */
+struct detached {
+  store_done_fn done;
+  void *opaque;
+  uint32_t count;
+  uint64_t offset;
+  bool counted;
+};
+
+/* The reply to a detached write, on the store's reader thread, inside
+ * libnbd's callback: so no call on the connection (check_conn would
+ * make one); a lost connection shows as ENOTCONN.
+ */
+static void
+detached_done (void *opaque, int e)
+{
+  struct detached d = *(struct detached *) opaque;
+
+  free (opaque);
+  if (e == 0) {
+    d.done (d.opaque, 0, 0);
+    return;
+  }
+  nbdkit_error ("cbw: fleece store: write at offset %" PRIu64 ": %s",
+                d.offset, strerror (e));
+  if (e == ENOTCONN)
+    conn_lost ();
+  /* A failed copy is undone by the engine: not preserved. */
+  if (d.counted)
+    use_less (d.count);
+  d.done (d.opaque, -1, e == ENOTCONN ? EIO : e);
+}
+
+bool
+store_write_detach (struct store_write *w, store_done_fn done,
+                    void *opaque)
+{
+  struct detached *d;
+
+  if (w->cmd == NULL || w->has_deadline)
+    return false;
+  d = malloc (sizeof *d);
+  if (d == NULL)
+    return false;               /* the caller waits instead */
+  *d = (struct detached) { .done = done, .opaque = opaque,
+                           .count = w->count, .offset = w->offset,
+                           .counted = w->counted };
+  if (!nbdconn_detach (w->cmd, detached_done, d)) {
+    free (d);
+    return false;
+  }
+  w->cmd = NULL;
+  return true;
 }
 
 /* Preserve data (see store.h). */

@@ -86,6 +86,7 @@ struct nbdconn_cmd;
 struct store_write {
   struct nbdconn_cmd *cmd;      /* on its way, or NULL: done */
   uint32_t count;
+  uint64_t offset;
   bool counted;                 /* counted in the store's use */
   bool has_deadline;
   struct timespec deadline;
@@ -96,6 +97,22 @@ extern void store_write_start (void *buf, uint32_t count, uint64_t offset,
                                struct store_write *w)
   __attribute__ ((__nonnull__ (1, 5)));
 extern int store_write_finish (struct store_write *w, int *err)
+  __attribute__ ((__nonnull__ (1, 2)));
+
+/* Instead of store_write_finish, for a caller that does not want to
+ * wait: if W is still on its way (and has no deadline), DONE (OPAQUE,
+ * R, ERR) is called once when it completes, with what
+ * store_write_finish would have returned and set, and this returns
+ * true.  DONE runs on the store connection's reader thread with no
+ * lock of ours held; it may take the engine's lock, and must not
+ * call the store or wait for anything that needs the store's
+ * replies.  Otherwise (W is done, went to the RAM tier, has a
+ * deadline, or failed to start) returns false: then call
+ * store_write_finish, which does not wait long.
+ */
+typedef void (*store_done_fn) (void *opaque, int r, int err);
+extern bool store_write_detach (struct store_write *w, store_done_fn done,
+                                void *opaque)
   __attribute__ ((__nonnull__ (1, 2)));
 
 /* Drop [offset, offset+count), preserved clusters only, from the
