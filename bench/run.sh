@@ -552,12 +552,23 @@ c_ours_nosnap ()
     hop_pid=
 }
 
-# Snapshot contender for our stack: two sessions (4K, then 64K), each
-# with a fresh server and a fresh snapshot.
+# A lone writer: first writes at queue depth 1, to a quarter of the
+# clusters (in the seeded order), in a session of their own.
+# $1 = contender, $2 = 4k1 or 64k1, $3 = the writer's URI.
+qd1_pass ()
+{
+    local bs="${2%1}"
+    load "$1" "w${bs}_qd1" write --block-size="${bs^^}" --stride=$cluster \
+         --qd=1 --count=$(( (size_bytes / cluster + 3) / 4 )) \
+         --seed=$run_no "$3"
+}
+
+# Snapshot contender for our stack: four sessions (4K, 64K, 4K at
+# QD1, 64K at QD1), each with a fresh server and a fresh snapshot.
 ours_snap ()
 {
     local c="$1" variant="$2" img="$work/$1.qcow2" p ch
-    for bs in 4k 64k; do
+    for bs in 4k 64k 4k1 64k1; do
         rm -rf "$img" "$work/bitmaps"
         # shellcheck disable=SC2046
         if ! start_nbdkit ours $(ours_args "$variant" "$img"); then
@@ -571,7 +582,9 @@ ours_snap ()
         p="$server_pid"
         hop_pid="$p" store_pid=
         hold "$(uri ours snapshot)" || { stop_server "$p"; note "$c: holder failed"; return 0; }
-        if [ $bs = 4k ]; then
+        if [ $bs = 4k1 ] || [ $bs = 64k1 ]; then
+            qd1_pass "$c" $bs "$(uri ours)"
+        elif [ $bs = 4k ]; then
             copy "$c" copy_snap_clean "$(uri ours snapshot)"
             load "$c" w4k_p1 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri ours)"
             load "$c" w4k_p2 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri ours)"
@@ -666,7 +679,7 @@ c_qemu_nosnap ()
 c_qemu_snap ()
 {
     local c=qemu-snap img="$work/qemu.qcow2" p
-    for bs in 4k 64k; do
+    for bs in 4k 64k 4k1 64k1; do
         rm -f "$img"
         qemu-img create -q -f qcow2 "$img" "$size_bytes"
         qsd_snapshot_export=1
@@ -678,7 +691,9 @@ c_qemu_snap ()
             note "$c: qemu-storage-daemon failed to start"; return 0; }
         p="$server_pid"
         hop_pid="$p" store_pid=
-        if [ $bs = 4k ]; then
+        if [ $bs = 4k1 ] || [ $bs = 64k1 ]; then
+            qd1_pass "$c" $bs "$(uri qemu)"
+        elif [ $bs = 4k ]; then
             copy "$c" copy_snap_clean "$(uri qemu snapshot)"
             load "$c" w4k_p1 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri qemu)"
             load "$c" w4k_p2 write --block-size=4K --stride=$cluster --seed=$run_no "$(uri qemu)"

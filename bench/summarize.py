@@ -95,6 +95,8 @@ rows = [
     ("4K random writes, pass 2 (MiB/s)", lambda c: fmt_rate(c, "w4k_p2")),
     ("64K random writes, pass 1 (MiB/s)", lambda c: fmt_rate(c, first(c, "w64k_p1", "w64k"))),
     ("64K random writes, pass 2 (MiB/s)", lambda c: fmt_rate(c, "w64k_p2")),
+    ("4K first writes, one writer at QD1 (MiB/s)", lambda c: fmt_rate(c, "w4k_qd1")),
+    ("64K first writes, one writer at QD1 (MiB/s)", lambda c: fmt_rate(c, "w64k_qd1")),
     ("4K sequential reads (MiB/s)", lambda c: fmt_rate(c, "r4k")),
     ("nbdcopy, export / fresh snapshot (MiB/s)", lambda c: fmt_rate(c, first(c, "copy_snap_clean", "copy"))),
     ("nbdcopy, snapshot after writes (MiB/s)", lambda c: fmt_rate(c, "copy_snap")),
@@ -193,6 +195,9 @@ info = [
     ("QEMU no CBW / direct, 64K", ratio(("qemu-nosnap", "w64k"), ("direct", "w64k"))),
     ("QEMU first write / direct, 64K", ratio(("qemu-snap", "w64k_p1"), ("direct", "w64k"))),
     ("ours first write / direct, 64K", ratio(("ours-snap", "w64k_p1"), ("direct", "w64k"))),
+    ("first write 4K at QD1: ours-snap / qemu-snap", ratio(("ours-snap", "w4k_qd1"), ("qemu-snap", "w4k_qd1"))),
+    ("first write 64K at QD1: ours-snap / qemu-snap", ratio(("ours-snap", "w64k_qd1"), ("qemu-snap", "w64k_qd1"))),
+    ("first write 64K at QD1: ours-ram / qemu-snap", ratio(("ours-ram", "w64k_qd1"), ("qemu-snap", "w64k_qd1"))),
     ("ours second pass / qemu second pass, 4K", ratio(("ours-snap", "w4k_p2"), ("qemu-snap", "w4k_p2"))),
     ("ours second pass / qemu second pass, 64K", ratio(("ours-snap", "w64k_p2"), ("qemu-snap", "w64k_p2"))),
     ("cbw-ram / none, first write 64K, qcow2 store", ratio(("ours-ram", "w64k_p1"), ("ours-snap", "w64k_p1"))),
@@ -226,7 +231,9 @@ ROLES = ["client", "hop", "live", "store"]
 WORKLOADS = [("w4k", "4K write"), ("w4k_p1", "4K first write"),
              ("w4k_p2", "4K write, pass 2"), ("r4k", "4K read"),
              ("w64k", "64K write"), ("w64k_p1", "64K first write"),
-             ("w64k_p2", "64K write, pass 2")]
+             ("w64k_p2", "64K write, pass 2"),
+             ("w4k_qd1", "4K first write, QD1"),
+             ("w64k_qd1", "64K first write, QD1")]
 
 
 def fmt_cpu(c, m, role):
