@@ -559,7 +559,7 @@ nbdconn_finish (struct nbdconn_cmd *ac, const struct timespec *deadline,
 {
   struct nbdconn *c = ac->cmd.c;
   const struct request r = ac->r;
-  int e;
+  int e, state;
 
   for (;;) {
     int w = deadline ?
@@ -581,6 +581,13 @@ nbdconn_finish (struct nbdconn_cmd *ac, const struct timespec *deadline,
     /* The reply came meanwhile: its post is on the way. */
     deadline = NULL;
   }
+  /* The callback wrote err before it swapped in DONE: reading the
+   * state orders that write before our read, also for tools that do
+   * not see sem_clockwait as a synchronisation (ThreadSanitizer).
+   */
+  state = atomic_load (&ac->cmd.state);
+  assert (state == CMD_DONE);
+  (void) state;
   e = ac->cmd.err;
   cmd_free (&ac->cmd);
   return reply_error (c, &r, e, err);
