@@ -33,7 +33,9 @@
  * (on its connection's reader thread), and the last one publishes.
  * A first write then costs a read and a write, and its store write
  * no longer holds a worker thread.  With cbw-timeout, the writer
- * waits for them as before, so that the deadline is kept.
+ * waits for them as before, so that the deadline is kept; and so it
+ * does while detached copies hold DETACHED_MAX bytes, so that memory
+ * stays bounded however slow the store is.
  *
  * The PIT stays exact because the clusters stay COPYING until the
  * publish, and a snapshot read never reads a COPYING cluster: it
@@ -71,6 +73,13 @@
  * pieces, and only runs up to this size are written behind.
  */
 #define COPY_PIECE (UINT64_C (8) << 20)
+
+/* The most memory detached copies hold (their buffers wait for the
+ * store): past it, writers wait for their store writes again, so a
+ * store slower than the live disk slows the writers instead of
+ * filling memory.
+ */
+#define DETACHED_MAX (UINT64_C (16) << 20)
 
 /* True if a cluster in [first, end) is COPYING. */
 static bool
@@ -501,6 +510,18 @@ runs_ok (const struct copy *cl)
   return true;
 }
 
+/* The bytes CL's runs hold. */
+static uint64_t
+copy_bytes (const struct copy *cl)
+{
+  uint64_t bytes = 0;
+  size_t i;
+
+  for (i = 0; i < cl->nr_runs; ++i)
+    bytes += cluster_bytes (cl->runs[i].first, cl->runs[i].end);
+  return bytes;
+}
+
 /* Publish a detached copy and free it. */
 static void
 publish_detached_locked (struct copy_detached *d)
@@ -508,6 +529,7 @@ publish_detached_locked (struct copy_detached *d)
   int err = 0;
   int r;
 
+  eng.detached_bytes -= copy_bytes (&d->cl);
   /* Only break-snapshot writes behind: nobody fails here. */
   r = publish_locked (&d->cl, runs_ok (&d->cl), true, &err);
   assert (r == 0);
@@ -574,11 +596,15 @@ copy_end_locked (struct copy *cl)
 
   if (!cl->behind)
     return;
-  /* Without a deadline to keep, the writer need not wait (see
-   * "Detached publish"); without memory for that, it waits.
+  /* Without a deadline to keep, and within DETACHED_MAX, the writer
+   * need not wait (see "Detached publish"); otherwise it waits.
    */
-  d = cl->has_deadline ? NULL : malloc (sizeof *d);
+  d = NULL;
+  if (!cl->has_deadline &&
+      eng.detached_bytes + copy_bytes (cl) <= DETACHED_MAX)
+    d = malloc (sizeof *d);
   if (d) {
+    eng.detached_bytes += copy_bytes (cl);
     /* Counted now, so that status is current when the write returns. */
     count_locked (cl);
     pthread_mutex_unlock (&eng.lock);

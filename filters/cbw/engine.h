@@ -58,6 +58,7 @@ struct engine {
   const char *broken_why;
 
   uint64_t copies_inflight;     /* clusters in state COPYING */
+  uint64_t detached_bytes;      /* held by detached copies (copy.c) */
 
   /* 1 bit per store chunk (STORE_CHUNK_SHIFT) of the disk: set when
    * a copy is claimed there, so the store may hold data there.  The
