@@ -90,7 +90,7 @@ start_cbw
 nbdsh -u "$writer_uri" -c 'import os; h.pwrite(os.urandom(h.get_size()), 0)'
 hold_snapshot
 nbdsh -u "$writer_uri" -c 'import os; h.pwrite(os.urandom(h.get_size()), 0)'
-[ "$(allocated "$tmp/fleece.qcow2")" -ge $((empty + 8*M)) ]
+wait_allocated_ge "$tmp/fleece.qcow2" $((empty + 8*M))
 nbdsh -u "$snap_uri" -c 'h.trim(h.get_size(), 0)'
 release_snapshot
 kill_pid "$cbw_pid"

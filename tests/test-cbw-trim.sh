@@ -43,7 +43,7 @@ export ref="$tmp/ref.img"
 timeout 120 python3 - <<'PY'
 import json, os
 import nbd
-from fleecetest import conn, status as cbw_status
+from fleecetest import conn, status as cbw_status, wait_until
 
 M = 1 << 20
 img = os.environ["img"]
@@ -52,6 +52,13 @@ ref = open(os.environ["ref"], "rb").read()
 def alloc():
     st = os.stat(img)
     return st.st_blocks * 512
+
+def alloc_at_least(n):
+    """The image once it holds N bytes: a write returns before its
+    copy's store write lands (copy.c, "Detached publish")."""
+    wait_until(lambda: alloc() >= n,
+               "the fleece image did not grow to %d bytes" % n)
+    return alloc()
 
 def status():
     return cbw_status(os.environ["writer_uri"].replace(":///?",
@@ -70,7 +77,7 @@ for off in range(0, 32 * M, M):
 s = status()
 print(s)
 assert s["preserved_bytes"] == 32 * M and s["copied_bytes"] == 32 * M, s
-a2 = alloc()
+a2 = alloc_at_least(a1 + 32 * M)
 print("allocated after 32M of copy-before-write:", a2)
 assert a2 >= a1 + 32 * M, (a1, a2)
 assert sn.pread(M, 5 * M) == ref[5 * M:6 * M]
@@ -108,7 +115,7 @@ for off in range(48 * M, 56 * M, M):
     w.pwrite(os.urandom(M), off)
 s = status()
 assert s["copied_bytes"] == 40 * M, s
-a5 = alloc()
+a5 = alloc_at_least(a4 + 8 * M - M)
 print("allocated after 8M more copy-before-write:", a5)
 assert a5 >= a4 + 8 * M - M, (a4, a5)
 assert sn.pread(8 * M, 48 * M) == ref[48 * M:56 * M]

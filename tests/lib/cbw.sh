@@ -136,6 +136,20 @@ allocated ()
     echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") ))
 }
 
+# wait_allocated_ge FILE BYTES: a writer's request returns before its
+# copy's store write lands (copy.c, "Detached publish"), so the fleece
+# image grows shortly after; wait up to 30 s for FILE to take BYTES.
+wait_allocated_ge ()
+{
+    local i
+    for i in $(seq 1 300); do
+        [ "$(allocated "$1")" -ge "$2" ] && return 0
+        sleep 0.1
+    done
+    echo "$0: $1 takes $(allocated "$1") bytes, fewer than $2" >&2
+    return 1
+}
+
 hold_snapshot ()
 {
     local uri="${1:-$snap_uri}" i
