@@ -123,8 +123,14 @@ try:
         h.poll(0)
     assert sn.aio_in_flight() == 2, \
         "a snapshot read of a cluster being copied did not wait"
-    assert w2.aio_in_flight() == 1, \
-        "a second write to a cluster being copied did not wait"
+    if w2.aio_in_flight() != 1:
+        try:
+            how = "completed: %r" % w2.aio_command_completed(w2cookie)
+        except nbd.Error as ex:
+            how = "failed: %s" % ex
+        raise AssertionError("a second write to a cluster being copied "
+                             "did not wait (%s); status: %r"
+                             % (how, status(os.environ["status_uri"])))
 finally:
     os.kill(store_pid, signal.SIGCONT)
 

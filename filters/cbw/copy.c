@@ -41,10 +41,11 @@
  * publish, and a snapshot read never reads a COPYING cluster: it
  * waits for the publish (snap.c, "Frozen reads") and then reads the
  * store.  The end of a snapshot and snap_free wait for every copy in
- * flight (copy_wait_all_locked), detached ones included.  A store write that fails after the live disk changed
- * cannot keep the data, so its only possible policy is to break the
- * snapshot: under break-write the copy is done in full before the
- * writer goes below, as the policy requires.  Memory stays bounded:
+ * flight (copy_wait_all_locked), detached ones included.  A store
+ * write that fails after the live disk changed cannot keep the data,
+ * so its only possible policy is to break the snapshot: under
+ * break-write the copy is done in full before the writer goes below,
+ * as the policy requires.  Memory stays bounded:
  * each buffer belongs to one write in flight, and runs longer than
  * one copy piece are copied in full first.
  */
@@ -307,21 +308,23 @@ undo_after_break_locked (const struct copy *cl)
 }
 
 /* Count CL's runs as copied and preserved, as publish_locked does
- * for a copy that was not counted before.
+ * for a copy that was not counted before.  Returns false if the
+ * snapshot is broken (nothing counted).
  */
-static void
+static bool
 count_locked (const struct copy *cl)
 {
   size_t i;
 
   if (eng.broken)
-    return;
+    return false;
   for (i = 0; i < cl->nr_runs; ++i) {
     uint64_t bytes = cluster_bytes (cl->runs[i].first, cl->runs[i].end);
 
     eng.preserved_bytes += bytes;
     eng.copied_bytes += bytes;
   }
+  return true;
 }
 
 /* Publish the runs that were copied (SAVED), apply the error policy
@@ -496,6 +499,7 @@ copy_begin_locked (nbdkit_next *next, uint64_t first, uint64_t end,
 struct copy_detached {
   struct copy cl;
   atomic_size_t left;
+  bool counted;                 /* count_locked counted it */
 };
 
 /* True if none of CL's runs failed. */
@@ -531,7 +535,7 @@ publish_detached_locked (struct copy_detached *d)
 
   eng.detached_bytes -= copy_bytes (&d->cl);
   /* Only break-snapshot writes behind: nobody fails here. */
-  r = publish_locked (&d->cl, runs_ok (&d->cl), true, &err);
+  r = publish_locked (&d->cl, runs_ok (&d->cl), d->counted, &err);
   assert (r == 0);
   (void) r;
   free (d->cl.runs);
@@ -606,7 +610,7 @@ copy_end_locked (struct copy *cl)
   if (d) {
     eng.detached_bytes += copy_bytes (cl);
     /* Counted now, so that status is current when the write returns. */
-    count_locked (cl);
+    d->counted = count_locked (cl);
     pthread_mutex_unlock (&eng.lock);
     d = detach_runs (cl, d);
     pthread_mutex_lock (&eng.lock);
