@@ -29,7 +29,13 @@
 #      them complete (and more than one connection's 16 threads' worth,
 #      so they were detached) until the store runs again; then all do,
 #      and the snapshot still holds the old data everywhere.
-#   4. pit-torture with a store slowed by nbdkit's delay filter (every
+#   4. The store dies with detached copies waiting for it: with the
+#      store stopped and 200 first writes done, it is killed
+#      (SIGKILL).  Every write completes without error and is on the
+#      live disk, byte for byte; the snapshot is broken ("fleece
+#      store was lost"), its reads fail with EIO; nbdkit exits
+#      cleanly on SIGTERM.
+#   5. pit-torture with a store slowed by nbdkit's delay filter (every
 #      store write in flight for 5 ms): concurrent writers and
 #      snapshot readers, every read compared with the reference;
 #      without cbw-timeout, then with it.
@@ -210,7 +216,63 @@ kill_pid "$cbw_pid"
 kill_pid "$store_pid"
 kill_pid "$live_pid"
 
-# 4. pit-torture with every store write slowed down.
+# 4. The store killed with detached copies waiting for it.
+start_live 16M
+nbdsh -u "$live_uri" -c 'h.pwrite(b"\x11" * (16 << 20), 0)'
+start_store memory 16M
+start_cbw cbw-store="$store_uri"
+timeout 120 python3 - <<'PY'
+import os, signal, time
+import nbd
+from fleecetest import conn, status, wait_until
+
+C = 64 * 1024
+N = 200
+store_pid = int(os.environ["store_pid"])
+live = conn(os.environ["live_uri"])
+sn = conn(os.environ["snap_uri"])
+w = conn(os.environ["writer_uri"])
+
+os.kill(store_pid, signal.SIGSTOP)
+cookies = [w.aio_pwrite(b"\x22" * 4096, i * C + 1024) for i in range(N)]
+def all_done():
+    w.poll(50)
+    return w.aio_in_flight() == 0
+wait_until(all_done, "first writes did not complete with the store "
+           "stopped (detached)", tries=600)
+for c in cookies:
+    assert w.aio_command_completed(c)
+os.kill(store_pid, signal.SIGKILL)
+wait_until(lambda: status(os.environ["status_uri"])["broken"],
+           "the snapshot did not break when the store died")
+s = status(os.environ["status_uri"])
+assert "fleece store was lost" in s["broken_reason"], s
+try:
+    sn.pread(4096, 0)
+    raise AssertionError("a snapshot read succeeded after the store died")
+except nbd.Error as ex:
+    assert ex.errno == "EIO", ex
+for i in range(N):
+    assert live.pread(4096, i * C + 1024) == b"\x22" * 4096, i
+    assert live.pread(1024, i * C) == b"\x11" * 1024, i
+# Writers go on after the break.
+w.pwrite(b"\x33" * 4096, N * C)
+assert live.pread(4096, N * C) == b"\x33" * 4096
+for h in (w, sn, live):
+    h.shutdown()
+PY
+kill "$cbw_pid"
+for i in $(seq 1 300); do
+    pid_alive "$cbw_pid" || break
+    sleep 0.1
+done
+if pid_alive "$cbw_pid"; then
+    echo "$0: nbdkit did not exit after the store died" >&2
+    exit 1
+fi
+kill_pid "$live_pid"
+
+# 5. pit-torture with every store write slowed down.
 M=$((1024 * 1024))
 disk="$tmp/disk.img"
 ref="$tmp/ref.img"
